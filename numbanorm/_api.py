@@ -1,0 +1,396 @@
+"""Public functions: validate, reduce to the row problems of _kernels.py,
+hand over to _dispatch.py. Nothing here loops over data."""
+
+import math
+import numbers
+import operator
+
+import ml_dtypes
+import numpy as np
+
+from . import _dispatch
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+# The dtype the kernels see for each accepted input dtype: float16 and
+# bfloat16 travel as their bit patterns (see _kernels._load/_store).
+_KERNEL_VIEW = {
+    np.dtype(np.float32): None,
+    np.dtype(np.float64): None,
+    np.dtype(np.float16): np.dtype(np.uint16),
+    _BF16: np.dtype(np.int16),
+}
+
+
+# ---------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_x(x, fn, min_ndim, what):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{fn}: x must be a numpy.ndarray, got {type(x).__name__}")
+    dt = x.dtype.newbyteorder("=") if x.dtype.byteorder not in "=|" else x.dtype
+    if dt not in _KERNEL_VIEW:
+        raise TypeError(
+            f"{fn}: x has dtype {x.dtype}; supported: float32, float64, "
+            "float16, bfloat16")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{fn}: x must have shape {what} (at least {min_ndim} dims), "
+            f"got shape {x.shape}")
+    return dt
+
+
+def _check_eps(eps, fn):
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a real number, got {eps!r}")
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"{fn}: eps must be finite and > 0, got {eps!r}")
+    return eps
+
+
+def _normalized_shape(normalized_shape, x, fn):
+    if isinstance(normalized_shape, (numbers.Integral, np.integer)) and \
+            not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    else:
+        try:
+            shape = tuple(operator.index(d) for d in normalized_shape)
+        except TypeError:
+            raise TypeError(
+                f"{fn}: normalized_shape must be an int or a tuple of ints, "
+                f"got {normalized_shape!r}") from None
+    if len(shape) == 0:
+        raise ValueError(f"{fn}: normalized_shape must not be empty")
+    if len(shape) > x.ndim or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(
+            f"{fn}: normalized_shape {shape} does not match the trailing "
+            f"dims of x with shape {x.shape}")
+    return shape
+
+
+def _param(p, name, shape, fn, what):
+    """A weight/bias/running statistic as a C-contiguous float64 copy."""
+    if p is None:
+        return None
+    a = np.asarray(p)
+    if a.dtype.kind not in "fiu" and a.dtype != _BF16:
+        raise TypeError(f"{fn}: {name} must be a real array, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(
+            f"{fn}: {name} must have shape {tuple(shape)} ({what}), "
+            f"got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _check_out(out, x, dt, fn):
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{fn}: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(
+            f"{fn}: out has shape {out.shape}, expected x's shape {x.shape}")
+    if out.dtype != dt:
+        raise ValueError(
+            f"{fn}: out has dtype {out.dtype}, expected {dt} (x's dtype, "
+            "native byte order)")
+    if not out.flags.c_contiguous:
+        raise ValueError(
+            f"{fn}: out must be C-contiguous (strides {out.strides} for "
+            f"shape {out.shape})")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out is read-only")
+
+
+def _prepare(x, dt, out):
+    """Returns (y, kx, ky): the result array and the flat buffers the kernel
+    reads and writes.
+
+    A C-contiguous native x is read where it is. Any other x (a slice, a
+    transpose, a channels-last view, another byte order) is first copied into
+    the output buffer and normalized in place there, so no temporary as large
+    as x is made.
+    """
+    direct = x.flags.c_contiguous and x.dtype == dt
+    if out is not None and out is not x and direct and \
+            np.may_share_memory(out, x) and not (
+                out.__array_interface__["data"][0]
+                == x.__array_interface__["data"][0]):
+        # out partially overlaps x: read from a private copy of x
+        x = x.copy()
+    y = np.empty(x.shape, dt) if out is None else out
+    if direct:
+        kx = x.reshape(-1)
+    else:
+        np.copyto(y, x, casting="unsafe")
+        kx = None
+    ky = y.reshape(-1)
+    view = _KERNEL_VIEW[dt]
+    if view is not None:
+        ky = ky.view(view)
+        kx = kx.view(view) if kx is not None else None
+    return y, (ky if kx is None else kx), ky
+
+
+def _stats_dtype(dt):
+    return np.float64 if dt == np.float64 else np.float32
+
+
+def _affine_mode(w, b):
+    return (1 if w is not None else 0) | (2 if b is not None else 0)
+
+
+# ---------------------------------------------------------------------------
+# public functions
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
+               out=None, return_stats=False):
+    """Layer normalization over the trailing ``normalized_shape`` dims.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with the mean and
+    the biased variance taken per sample over the trailing dims, as
+    ``torch.nn.functional.layer_norm``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``), any
+        layout; shape ``(*, *normalized_shape)``.
+    normalized_shape : int or tuple of int
+        Must equal the trailing dims of ``x``.
+    weight, bias : array_like, optional
+        Shape ``normalized_shape``.
+    eps : float
+        Added to the variance; finite and > 0.
+    out : numpy.ndarray, optional
+        C-contiguous array of ``x``'s shape and dtype to write into;
+        ``out=x`` normalizes in place.
+    return_stats : bool
+        Also return ``mean`` and ``rstd = 1/sqrt(var + eps)``, shaped as ONNX
+        LayerNormalization's optional outputs: ``x.shape[:axis]`` followed by
+        ones. float32 for 16- and 32-bit inputs, float64 for float64.
+
+    Returns
+    -------
+    y or (y, mean, rstd)
+
+    Notes
+    -----
+    Statistics and the output are computed in float64 and rounded once (see
+    ``numbanorm._kernels``): float32 results are within a few ulps of a
+    float64 computation also for data with a large offset.
+    """
+    fn = "layer_norm"
+    dt = _check_x(x, fn, 1, "(*, *normalized_shape)")
+    shape = _normalized_shape(normalized_shape, x, fn)
+    w = _param(weight, "weight", shape, fn, "normalized_shape")
+    b = _param(bias, "bias", shape, fn, "normalized_shape")
+    eps = _check_eps(eps, fn)
+    _check_out(out, x, dt, fn)
+    axis = x.ndim - len(shape)
+    L = math.prod(shape)
+    R = math.prod(x.shape[:axis])
+    y, kx, ky = _prepare(x, dt, out)
+    mean = np.empty(R)
+    rstd = np.empty(R)
+    if x.size:
+        _dispatch.layer_norm(kx, ky, R, L, w, b, _affine_mode(w, b), eps,
+                             mean, rstd)
+    else:
+        mean.fill(np.nan)
+        rstd.fill(np.nan)
+    if not return_stats:
+        return y
+    sshape = x.shape[:axis] + (1,) * len(shape)
+    sd = _stats_dtype(dt)
+    return y, mean.astype(sd).reshape(sshape), rstd.astype(sd).reshape(sshape)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
+    """Root-mean-square normalization over the trailing dims.
+
+    ``y = x / sqrt(mean(x**2) + eps) * weight``, as
+    ``torch.nn.functional.rms_norm``; ``eps=None`` uses the machine epsilon
+    of ``x``'s dtype. Arguments as in :func:`layer_norm`.
+    """
+    fn = "rms_norm"
+    dt = _check_x(x, fn, 1, "(*, *normalized_shape)")
+    shape = _normalized_shape(normalized_shape, x, fn)
+    w = _param(weight, "weight", shape, fn, "normalized_shape")
+    if eps is None:
+        eps = float(ml_dtypes.finfo(dt).eps)
+    eps = _check_eps(eps, fn)
+    _check_out(out, x, dt, fn)
+    axis = x.ndim - len(shape)
+    L = math.prod(shape)
+    R = math.prod(x.shape[:axis])
+    y, kx, ky = _prepare(x, dt, out)
+    if x.size:
+        _dispatch.rms_norm(kx, ky, R, L, w, _affine_mode(w, None), eps)
+    return y
+
+
+def _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats):
+    N, C = x.shape[:2]
+    w = _param(weight, "weight", (C,), fn, "one per channel")
+    b = _param(bias, "bias", (C,), fn, "one per channel")
+    eps = _check_eps(eps, fn)
+    _check_out(out, x, dt, fn)
+    S = math.prod(x.shape[2:])
+    y, kx, ky = _prepare(x, dt, out)
+    mean = np.empty(N * G)
+    rstd = np.empty(N * G)
+    if x.size:
+        _dispatch.group_norm(kx, ky, N, C, G, S,
+                             np.ones(C) if w is None else w,
+                             np.zeros(C) if b is None else b,
+                             eps, mean, rstd)
+    else:
+        mean.fill(np.nan)
+        rstd.fill(np.nan)
+    if not return_stats:
+        return y
+    sd = _stats_dtype(dt)
+    return y, mean.astype(sd).reshape(N, G), rstd.astype(sd).reshape(N, G)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
+               return_stats=False):
+    """Group normalization: statistics per sample and per group of
+    ``C // num_groups`` consecutive channels, over those channels' spatial
+    positions; per-channel affine. As ``torch.nn.functional.group_norm``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Shape ``(N, C, *spatial)`` or ``(N, C)``; dtypes as :func:`layer_norm`.
+    num_groups : int
+        > 0 and dividing ``C``. 1 is LayerNorm over ``(C, *spatial)``; ``C``
+        is InstanceNorm.
+    weight, bias : array_like, optional
+        Shape ``(C,)``.
+    eps, out :
+        As :func:`layer_norm`.
+    return_stats : bool
+        Also return ``mean`` and ``rstd``, shape ``(N, num_groups)``.
+    """
+    fn = "group_norm"
+    dt = _check_x(x, fn, 2, "(N, C, *spatial)")
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
+            num_groups, (numbers.Integral, np.integer)):
+        raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
+    G = int(num_groups)
+    C = x.shape[1]
+    if G <= 0 or C % G:
+        raise ValueError(
+            f"{fn}: num_groups={G} must be > 0 and divide the number of "
+            f"channels C={C} (x has shape {x.shape})")
+    return _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats)
+
+
+def instance_norm(x, weight=None, bias=None, eps=1e-5, *, out=None,
+                  return_stats=False):
+    """Instance normalization: statistics per sample and channel over the
+    spatial positions; as ``torch.nn.functional.instance_norm`` with
+    ``use_input_stats=True``.
+
+    ``x`` has shape ``(N, C, *spatial)`` with at least one spatial dim (a
+    layer with one neuron per channel has nothing to normalize over).
+    ``return_stats`` gives ``mean`` and ``rstd`` of shape ``(N, C)``. Other
+    arguments as :func:`group_norm`.
+    """
+    fn = "instance_norm"
+    dt = _check_x(x, fn, 3, "(N, C, *spatial) with at least one spatial dim")
+    return _channel_norm(fn, x, dt, x.shape[1], weight, bias, eps, out,
+                         return_stats)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None,
+               training=False, momentum=0.1, eps=1e-5, *, out=None):
+    """Batch normalization per channel (axis 1), as
+    ``torch.nn.functional.batch_norm``.
+
+    With ``training=False`` the output uses ``running_mean`` and
+    ``running_var``. With ``training=True`` it uses the batch's own mean and
+    biased variance, and updates ``running_mean`` / ``running_var`` in place
+    (when given): ``r = (1 - momentum) * r + momentum * s``, with the
+    unbiased variance for ``running_var``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Shape ``(N, C, *spatial)`` or ``(N, C)``.
+    running_mean, running_var : numpy.ndarray or None
+        Shape ``(C,)``. Required when ``training=False``; when
+        ``training=True`` they must be writable float arrays, or None.
+    weight, bias : array_like, optional
+        Shape ``(C,)``.
+    momentum : float
+        Weight of the batch statistics in the running update.
+    eps, out :
+        As :func:`layer_norm`.
+    """
+    fn = "batch_norm"
+    dt = _check_x(x, fn, 2, "(N, C, *spatial)")
+    N, C = x.shape[:2]
+    S = math.prod(x.shape[2:])
+    w = _param(weight, "weight", (C,), fn, "one per channel")
+    b = _param(bias, "bias", (C,), fn, "one per channel")
+    eps = _check_eps(eps, fn)
+    training = bool(training)
+    if training:
+        for name, r in (("running_mean", running_mean),
+                        ("running_var", running_var)):
+            if r is None:
+                continue
+            if not isinstance(r, np.ndarray) or r.dtype.kind != "f":
+                raise TypeError(
+                    f"{fn}: {name} must be a float numpy.ndarray (it is "
+                    f"updated in place when training=True), got "
+                    f"{type(r).__name__}")
+            if r.shape != (C,):
+                raise ValueError(
+                    f"{fn}: {name} must have shape ({C},) (one per channel), "
+                    f"got shape {r.shape}")
+            if not r.flags.writeable:
+                raise ValueError(f"{fn}: {name} is read-only but training=True "
+                                 "updates it in place")
+        if isinstance(momentum, (bool, np.bool_)) or not isinstance(
+                momentum, numbers.Real) or not math.isfinite(momentum):
+            raise ValueError(f"{fn}: momentum must be a finite real number, "
+                             f"got {momentum!r}")
+        if N * S <= 1:
+            raise ValueError(
+                f"{fn}: training needs more than 1 value per channel, x has "
+                f"shape {x.shape}")
+        rm = rv = None
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(
+                f"{fn}: running_mean and running_var are required when "
+                "training=False")
+        rm = _param(running_mean, "running_mean", (C,), fn, "one per channel")
+        rv = _param(running_var, "running_var", (C,), fn, "one per channel")
+    _check_out(out, x, dt, fn)
+    y, kx, ky = _prepare(x, dt, out)
+    if training:
+        mean, var = _dispatch.batch_norm_stats(kx, N, C, S)
+    else:
+        mean, var = rm, rv
+    scale = 1.0 / np.sqrt(var + eps)
+    if w is not None:
+        scale = scale * w
+    beta = np.zeros(C) if b is None else b
+    if x.size:
+        _dispatch.segments_affine(kx, ky, N, C, S, np.ascontiguousarray(mean),
+                                  scale, beta)
+    if training:
+        m = float(momentum)
+        if running_mean is not None:
+            running_mean[...] = (1.0 - m) * running_mean + m * mean
+        if running_var is not None:
+            n = N * S
+            running_var[...] = (1.0 - m) * running_var + m * var * (n / (n - 1))
+    return y

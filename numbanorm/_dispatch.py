@@ -1,0 +1,142 @@
+"""The one place that decides how a kernel runs: serial or parallel, one
+task per row or rows split into chunks across threads.
+
+Both builds of a kernel come from the same Python function, and both plans
+merge the same fixed chunks in the same order, so the choice changes the
+speed and never the result.
+"""
+
+import math
+import types
+
+import numba
+import numpy as np
+from numba import njit
+
+from . import _kernels as K
+from ._kernels import CHUNK
+
+# Below this many elements a parallel launch (several microseconds) costs
+# more than it saves; such calls run the serial build.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def _clone(fn, suffix):
+    # A distinct function object (and qualname) per build, so that numba's
+    # on-disk cache keeps the serial and the parallel builds apart.
+    g = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                           fn.__defaults__, fn.__closure__)
+    g.__qualname__ = fn.__qualname__ + suffix
+    g.__module__ = fn.__module__
+    g.__doc__ = fn.__doc__
+    return g
+
+
+_SERIAL = {name: njit(cache=True, nogil=True)(_clone(fn, "_serial"))
+           for name, fn in K.KERNELS.items()}
+_PARALLEL = {name: njit(cache=True, nogil=True, parallel=True)(
+    _clone(fn, "_parallel")) for name, fn in K.KERNELS.items()}
+_EMPTY = np.empty(0)
+
+
+def num_threads():
+    return numba.get_num_threads()
+
+
+def use_parallel(n_elements):
+    return n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
+
+
+def _split_rows(R, L):
+    """Split rows into chunks when one task per row would leave threads
+    idle: fewer rows than a balanced multiple of the thread count, and rows
+    long enough to be worth cutting."""
+    T = numba.get_num_threads()
+    if L < 2 * CHUNK:
+        return False
+    return R / (T * math.ceil(R / T)) < 0.9
+
+
+def _n_chunks(L):
+    return max(1, -(-L // CHUNK))
+
+
+def layer_norm(x, y, R, L, w, b, mode, eps, mean, rstd):
+    par = use_parallel(R * L)
+    kern = _PARALLEL if par else _SERIAL
+    w = _EMPTY if w is None else w
+    b = _EMPTY if b is None else b
+    if par and _split_rows(R, L):
+        nk = _n_chunks(L)
+        part = np.empty((R * nk, 2))
+        kern["chunk_moments"](x, R, L, nk, part)
+        _SERIAL["merge_rows"](part, R, L, nk, eps, mean, rstd)
+        kern["apply_rows"](x, y, R, L, nk, mean, rstd, w, b, mode)
+    else:
+        kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, mean, rstd)
+
+
+def rms_norm(x, y, R, L, w, mode, eps):
+    par = use_parallel(R * L)
+    kern = _PARALLEL if par else _SERIAL
+    w = _EMPTY if w is None else w
+    if par and _split_rows(R, L):
+        nk = _n_chunks(L)
+        part = np.empty((R * nk, 1))
+        rstd = np.empty(R)
+        kern["chunk_sumsq"](x, R, L, nk, part)
+        _SERIAL["merge_rows_sumsq"](part, R, L, nk, eps, rstd)
+        kern["apply_rows"](x, y, R, L, nk, np.zeros(R), rstd, w, _EMPTY, mode)
+    else:
+        kern["rms_norm_rows"](x, y, R, L, w, mode, eps)
+
+
+def group_norm(x, y, N, C, G, S, w, b, eps, mean, rstd):
+    """x, y: flat (N, C, S) buffers; w, b: float64 (C,); mean, rstd: (N*G,)."""
+    R = N * G
+    Cg = C // G
+    L = Cg * S
+    par = use_parallel(R * L)
+    kern = _PARALLEL if par else _SERIAL
+    if par and _split_rows(R, L):
+        nk = _n_chunks(L)
+        part = np.empty((R * nk, 2))
+        kern["chunk_moments"](x, R, L, nk, part)
+        _SERIAL["merge_rows"](part, R, L, nk, eps, mean, rstd)
+        # per (n, c) segment: the group's statistics, the channel's affine;
+        # scale = rstd * w, as in group_norm_rows, so both plans agree
+        g_of_c = np.arange(C) // Cg
+        shift = mean.reshape(N, G)[:, g_of_c].reshape(-1)
+        scale = (rstd.reshape(N, G)[:, g_of_c] * w).reshape(-1)
+        beta = np.broadcast_to(b, (N, C)).reshape(-1)
+        sk = _n_chunks(S)
+        kern["apply_segments"](x, y, N * C, N * C, S, sk, shift, scale,
+                               np.ascontiguousarray(beta))
+    else:
+        kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, mean, rstd)
+
+
+def batch_norm_stats(x, N, C, S):
+    """Per-channel mean and biased variance over N segments of S elements."""
+    par = use_parallel(N * C * S)
+    kern = _PARALLEL if par else _SERIAL
+    nk = _n_chunks(S)
+    part = np.empty((N * C * nk, 2))
+    mean = np.empty(C)
+    var = np.empty(C)
+    kern["chunk_moments"](x, N * C, S, nk, part)
+    kern["merge_columns"](part, N, C, S, nk, mean, var)
+    return mean, var
+
+
+def segments_affine(x, y, N, C, S, shift, scale, beta):
+    par = use_parallel(N * C * S)
+    kern = _PARALLEL if par else _SERIAL
+    kern["apply_segments"](x, y, N * C, C, S, _n_chunks(S), shift, scale,
+                           beta)
+
+
+def affine(x, y, a, b):
+    """The benchmarks' speed-of-light kernel: y = a*x + b in x's dtype."""
+    kern = _PARALLEL if use_parallel(x.size) else _SERIAL
+    kern["affine"](x, y, x.dtype.type(a), x.dtype.type(b))
