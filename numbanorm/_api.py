@@ -80,7 +80,7 @@ def _param(p, name, shape, fn, what):
         raise ValueError(
             f"{fn}: {name} must have shape {tuple(shape)} ({what}), "
             f"got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+    return np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
 
 
 def _check_out(out, x, dt, fn):
@@ -193,14 +193,12 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     L = math.prod(shape)
     R = math.prod(x.shape[:axis])
     y, kx, ky = _prepare(x, dt, out)
-    mean = np.empty(R)
-    rstd = np.empty(R)
     if x.size:
-        _dispatch.layer_norm(kx, ky, R, L, w, b, _affine_mode(w, b), eps,
-                             mean, rstd)
+        k, d, rstd = _dispatch.layer_norm(kx, ky, R, L, w, b,
+                                          _affine_mode(w, b), eps)
+        mean = k + d
     else:
-        mean.fill(np.nan)
-        rstd.fill(np.nan)
+        mean = rstd = np.full(R, np.nan)
     if not return_stats:
         return y
     sshape = x.shape[:axis] + (1,) * len(shape)
@@ -240,16 +238,13 @@ def _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats):
     _check_out(out, x, dt, fn)
     S = math.prod(x.shape[2:])
     y, kx, ky = _prepare(x, dt, out)
-    mean = np.empty(N * G)
-    rstd = np.empty(N * G)
     if x.size:
-        _dispatch.group_norm(kx, ky, N, C, G, S,
-                             np.ones(C) if w is None else w,
-                             np.zeros(C) if b is None else b,
-                             eps, mean, rstd)
+        k, d, rstd = _dispatch.group_norm(
+            kx, ky, N, C, G, S, np.ones(C) if w is None else w,
+            np.zeros(C) if b is None else b, eps)
+        mean = k + d
     else:
-        mean.fill(np.nan)
-        rstd.fill(np.nan)
+        mean = rstd = np.full(N * G, np.nan)
     if not return_stats:
         return y
     sd = _stats_dtype(dt)
@@ -376,16 +371,16 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
     _check_out(out, x, dt, fn)
     y, kx, ky = _prepare(x, dt, out)
     if training:
-        mean, var = _dispatch.batch_norm_stats(kx, N, C, S)
+        k, d, var = _dispatch.batch_norm_stats(kx, N, C, S)
+        mean = k + d
     else:
-        mean, var = rm, rv
+        k, d, var = rm, np.zeros(C), rv
     scale = 1.0 / np.sqrt(var + eps)
     if w is not None:
         scale = scale * w
     beta = np.zeros(C) if b is None else b
     if x.size:
-        _dispatch.segments_affine(kx, ky, N, C, S, np.ascontiguousarray(mean),
-                                  scale, beta)
+        _dispatch.segments_affine(kx, ky, N, C, S, k, d, scale, beta)
     if training:
         m = float(momentum)
         if running_mean is not None:

@@ -61,19 +61,23 @@ def _n_chunks(L):
     return max(1, -(-L // CHUNK))
 
 
-def layer_norm(x, y, R, L, w, b, mode, eps, mean, rstd):
+def layer_norm(x, y, R, L, w, b, mode, eps):
+    """Returns per-row (shift, mean of x - shift, rstd), float64 (R,)."""
     par = use_parallel(R * L)
     kern = _PARALLEL if par else _SERIAL
     w = _EMPTY if w is None else w
     b = _EMPTY if b is None else b
+    shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
     if par and _split_rows(R, L):
         nk = _n_chunks(L)
         part = np.empty((R * nk, 2))
-        kern["chunk_moments"](x, R, L, nk, part)
-        _SERIAL["merge_rows"](part, R, L, nk, eps, mean, rstd)
-        kern["apply_rows"](x, y, R, L, nk, mean, rstd, w, b, mode)
+        kern["chunk_moments"](x, R, L, nk, R, part)
+        _SERIAL["merge_rows"](x, part, R, L, nk, eps, shift, dmean, rstd)
+        kern["apply_rows"](x, y, R, L, nk, shift, dmean, rstd, w, b, mode)
     else:
-        kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, mean, rstd)
+        kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, shift, dmean,
+                                rstd)
+    return shift, dmean, rstd
 
 
 def rms_norm(x, y, R, L, w, mode, eps):
@@ -84,56 +88,66 @@ def rms_norm(x, y, R, L, w, mode, eps):
         nk = _n_chunks(L)
         part = np.empty((R * nk, 1))
         rstd = np.empty(R)
+        zeros = np.zeros(R)
         kern["chunk_sumsq"](x, R, L, nk, part)
         _SERIAL["merge_rows_sumsq"](part, R, L, nk, eps, rstd)
-        kern["apply_rows"](x, y, R, L, nk, np.zeros(R), rstd, w, _EMPTY, mode)
+        kern["apply_rows"](x, y, R, L, nk, zeros, zeros, rstd, w, _EMPTY,
+                           mode)
     else:
         kern["rms_norm_rows"](x, y, R, L, w, mode, eps)
 
 
-def group_norm(x, y, N, C, G, S, w, b, eps, mean, rstd):
-    """x, y: flat (N, C, S) buffers; w, b: float64 (C,); mean, rstd: (N*G,)."""
+def group_norm(x, y, N, C, G, S, w, b, eps):
+    """x, y: flat (N, C, S) buffers; w, b: float64 (C,). Returns per-group
+    (shift, mean of x - shift, rstd), float64 (N*G,)."""
     R = N * G
     Cg = C // G
     L = Cg * S
     par = use_parallel(R * L)
     kern = _PARALLEL if par else _SERIAL
+    shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
     if par and _split_rows(R, L):
         nk = _n_chunks(L)
         part = np.empty((R * nk, 2))
-        kern["chunk_moments"](x, R, L, nk, part)
-        _SERIAL["merge_rows"](part, R, L, nk, eps, mean, rstd)
+        kern["chunk_moments"](x, R, L, nk, R, part)
+        _SERIAL["merge_rows"](x, part, R, L, nk, eps, shift, dmean, rstd)
         # per (n, c) segment: the group's statistics, the channel's affine;
         # scale = rstd * w, as in group_norm_rows, so both plans agree
         g_of_c = np.arange(C) // Cg
-        shift = mean.reshape(N, G)[:, g_of_c].reshape(-1)
+
+        def per_segment(a):
+            return np.ascontiguousarray(a.reshape(N, G)[:, g_of_c]).reshape(-1)
+
         scale = (rstd.reshape(N, G)[:, g_of_c] * w).reshape(-1)
-        beta = np.broadcast_to(b, (N, C)).reshape(-1)
-        sk = _n_chunks(S)
-        kern["apply_segments"](x, y, N * C, N * C, S, sk, shift, scale,
-                               np.ascontiguousarray(beta))
+        beta = np.ascontiguousarray(np.broadcast_to(b, (N, C))).reshape(-1)
+        kern["apply_segments"](x, y, N * C, N * C, S, _n_chunks(S),
+                               per_segment(shift), per_segment(dmean),
+                               scale, beta)
     else:
-        kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, mean, rstd)
+        kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, shift, dmean,
+                                rstd)
+    return shift, dmean, rstd
 
 
 def batch_norm_stats(x, N, C, S):
-    """Per-channel mean and biased variance over N segments of S elements."""
+    """Per-channel (shift, mean of x - shift, biased variance) over N
+    segments of S elements."""
     par = use_parallel(N * C * S)
     kern = _PARALLEL if par else _SERIAL
     nk = _n_chunks(S)
     part = np.empty((N * C * nk, 2))
-    mean = np.empty(C)
-    var = np.empty(C)
-    kern["chunk_moments"](x, N * C, S, nk, part)
-    kern["merge_columns"](part, N, C, S, nk, mean, var)
-    return mean, var
+    shift, dmean, var = np.empty(C), np.empty(C), np.empty(C)
+    kern["chunk_moments"](x, N * C, S, nk, C, part)
+    kern["merge_columns"](x, part, N, C, S, nk, shift, dmean, var)
+    return shift, dmean, var
 
 
-def segments_affine(x, y, N, C, S, shift, scale, beta):
+def segments_affine(x, y, N, C, S, shift, dmean, scale, beta):
+    """y = ((x - shift[c]) - dmean[c]) * scale[c] + beta[c] per channel."""
     par = use_parallel(N * C * S)
     kern = _PARALLEL if par else _SERIAL
-    kern["apply_segments"](x, y, N * C, C, S, _n_chunks(S), shift, scale,
-                           beta)
+    kern["apply_segments"](x, y, N * C, C, S, _n_chunks(S), shift, dmean,
+                           scale, beta)
 
 
 def affine(x, y, a, b):

@@ -17,16 +17,16 @@ Numerical choices, shared by all kernels:
   good as a float64 computation rounded to float32 (float32 arithmetic would
   lose ~1e-3 on data with an offset of 1e4 and std 1e-2).
 * Moments are computed per chunk of CHUNK elements with two passes (mean, then
-  the sum of squared deviations from it): the chunk sits in L1 for the second
+  the sum of squared deviations from it) over data shifted by the row's first
+  element (see "Shifted data" below): the chunk sits in L1 for the second
   pass, so x streams from memory once. Chunks are merged with Chan et al.'s
   pairwise update. This never forms E[x^2] - E[x]^2, so large offsets do not
   cancel, and M2 is a sum of non-negative terms (no clamp needed).
 * The chunking is fixed by the data layout and chunks are merged in index
   order, serially. The parallel and serial kernels therefore compute the same
   operations in the same order, and results do not depend on the thread count.
-* No fastmath: reassociation would let the compiler pick a summation order per
-  call site, which breaks the previous point; instead the inner loops carry
-  four explicit accumulators that the SLP vectorizer maps onto SIMD lanes.
+* Reassociation (for vectorized sums) is allowed in three small reduction
+  functions only; see _REDUCE.
 * float16 and bfloat16 arrive as their uint16 / int16 bit patterns (numba has
   no CPU half type); _load decodes exactly and _store rounds the float64
   result once, to nearest even.
@@ -135,24 +135,24 @@ def _ov_store(a, i, v):
 # accumulators, which it leaves scalar). The flag is set on these small
 # functions only, so the order they sum in is fixed by their own compiled
 # code, the same in the serial and the parallel builds, and no other
-# expression (e.g. (x - mean) * rstd) may be rearranged into a cancelling
-# form. Only 'reassoc': no 'nnan'/'ninf', so NaN and Inf propagate.
+# expression (e.g. (x - k) - d) may be rearranged into a cancelling form.
+# Only 'reassoc': no 'nnan'/'ninf', so NaN and Inf propagate.
 _REDUCE = dict(fastmath={"reassoc"}, cache=True, nogil=True)
 
 
 @njit(**_REDUCE)
-def _sum(xs):
+def _sum_dev(xs, k):
     s = 0.0
     for i in range(xs.size):
-        s += _load(xs, i)
+        s += _load(xs, i) - k
     return s
 
 
 @njit(**_REDUCE)
-def _sum_sq_dev(xs, m):
+def _sum_sq_dev(xs, k, m):
     q = 0.0
     for i in range(xs.size):
-        d = _load(xs, i) - m
+        d = (_load(xs, i) - k) - m
         q += d * d
     return q
 
@@ -166,23 +166,27 @@ def _sum_sq(xs):
     return q
 
 
+# Shifted data: all moments of a row are taken of x - k, where k is the
+# row's first element (for BatchNorm, the channel's first element). Data
+# with a large offset then sums small numbers, x - k is exact when x and k
+# are within a factor of 2 (Sterbenz), and the mean is carried as k + d with
+# d small, so the output ((x - k) - d) * rstd never rounds the mean at the
+# offset's magnitude: float64 inputs with an offset of 1e4 keep ~1e-16
+# relative accuracy, where rounding the mean alone would cost 1e-12.
+
+
 @register_jitable
-def _chunk_moments(x, lo, hi):
-    """(mean, M2) of x[lo:hi] in float64: two passes over an L1-resident
-    chunk."""
+def _chunk_moments(x, lo, hi, k):
+    """(mean of x - k, M2) of x[lo:hi] in float64: two passes over an
+    L1-resident chunk."""
     xs = x[lo:hi]
-    mean = _sum(xs) / (hi - lo)
-    return mean, _sum_sq_dev(xs, mean)
-
-
-@register_jitable
-def _chunk_sumsq(x, lo, hi):
-    return _sum_sq(x[lo:hi])
+    d = _sum_dev(xs, k) / (hi - lo)
+    return d, _sum_sq_dev(xs, k, d)
 
 
 @register_jitable
 def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    # Chan, Golub & LeVeque (1979): exact pairwise update of (n, mean, M2).
+    # Chan, Golub & LeVeque (1979): pairwise update of (n, mean, M2).
     n = n_a + n_b
     d = mean_b - mean_a
     f = n_b / n
@@ -190,23 +194,23 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @register_jitable
-def _span_moments(x, lo, hi):
-    """(mean, M2) of x[lo:hi], chunked from lo, merged in order."""
+def _span_moments(x, lo, hi, k):
+    """(mean of x - k, M2) of x[lo:hi], chunked from lo, merged in order."""
     n = 0.0
-    mean = 0.0
+    d = 0.0
     m2 = 0.0
     for c in range(lo, hi, CHUNK):
         e = min(c + CHUNK, hi)
-        cm, cq = _chunk_moments(x, c, e)
-        n, mean, m2 = _merge(n, mean, m2, float(e - c), cm, cq)
-    return mean, m2
+        cd, cq = _chunk_moments(x, c, e, k)
+        n, d, m2 = _merge(n, d, m2, float(e - c), cd, cq)
+    return d, m2
 
 
 @register_jitable
 def _span_sumsq(x, lo, hi):
     s = 0.0
     for c in range(lo, hi, CHUNK):
-        s += _chunk_sumsq(x, c, min(c + CHUNK, hi))
+        s += _sum_sq(x[c:min(c + CHUNK, hi)])
     return s
 
 
@@ -215,8 +219,8 @@ def _span_sumsq(x, lo, hi):
 
 
 @register_jitable
-def _apply_elementwise(x, y, lo, j0, n, shift, scale, w, b, mode):
-    """y[lo+k] = (x[lo+k] - shift) * scale [* w[j0+k]] [+ b[j0+k]].
+def _apply_elementwise(x, y, lo, j0, n, k, d, scale, w, b, mode):
+    """y[lo+i] = ((x[lo+i] - k) - d) * scale [* w[j0+i]] [+ b[j0+i]].
 
     mode bit 1: weight, bit 2: bias. The branches sit outside the loops so
     that each loop stays a plain vectorizable stream; slices make every
@@ -225,30 +229,31 @@ def _apply_elementwise(x, y, lo, j0, n, shift, scale, w, b, mode):
     xs = x[lo:lo + n]
     ys = y[lo:lo + n]
     if mode == 0:
-        for k in range(n):
-            _store(ys, k, (_load(xs, k) - shift) * scale)
+        for i in range(n):
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale)
     elif mode == 1:
         ws = w[j0:j0 + n]
-        for k in range(n):
-            _store(ys, k, (_load(xs, k) - shift) * scale * ws[k])
+        for i in range(n):
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale * ws[i])
     elif mode == 2:
         bs = b[j0:j0 + n]
-        for k in range(n):
-            _store(ys, k, (_load(xs, k) - shift) * scale + bs[k])
+        for i in range(n):
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale + bs[i])
     else:
         ws = w[j0:j0 + n]
         bs = b[j0:j0 + n]
-        for k in range(n):
-            _store(ys, k, (_load(xs, k) - shift) * scale * ws[k] + bs[k])
+        for i in range(n):
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale * ws[i] + bs[i])
 
 
 @register_jitable
-def _apply_affine(x, y, lo, n, shift, scale, beta):
-    """y = (x - shift) * scale + beta over one segment sharing one channel."""
+def _apply_affine(x, y, lo, n, k, d, scale, beta):
+    """y = ((x - k) - d) * scale + beta over one segment sharing one
+    channel."""
     xs = x[lo:lo + n]
     ys = y[lo:lo + n]
-    for k in range(n):
-        _store(ys, k, (_load(xs, k) - shift) * scale + beta)
+    for i in range(n):
+        _store(ys, i, ((_load(xs, i) - k) - d) * scale + beta)
 
 
 @register_jitable
@@ -256,130 +261,152 @@ def _rstd(m2, n, eps):
     return 1.0 / math.sqrt(m2 / n + eps)
 
 
+@register_jitable
+def _rrms(sumsq, n, eps):
+    # An Inf in the row (or a float64 row whose squares overflow) would give
+    # 1/sqrt(inf) = 0 and a row of zeros; make the whole row NaN instead,
+    # as LayerNorm's statistics do.
+    if not math.isfinite(sumsq):
+        return np.nan
+    return 1.0 / math.sqrt(sumsq / n + eps)
+
+
 # ---------------------------------------------------------------------------
 # kernels. Each is compiled twice (serial and parallel, see _dispatch.py);
-# prange is a plain range in the serial build.
+# prange is a plain range in the serial build. Row statistics are returned
+# as (shift k, mean of x - k, rstd).
 
 
-def layer_norm_rows(x, y, R, L, w, b, mode, eps, mean, rstd):
-    """One task per row: moments, then the output pass while the row is hot."""
+def layer_norm_rows(x, y, R, L, w, b, mode, eps, shift, dmean, rstd):
+    """One task per row: moments, then the output pass while the row is hot.
+    The shift is read before the row is written (y may be x)."""
     for r in prange(R):
         lo = r * L
-        m, m2 = _span_moments(x, lo, lo + L)
+        k = _load(x, lo)
+        d, m2 = _span_moments(x, lo, lo + L, k)
         s = _rstd(m2, L, eps)
-        mean[r] = m
+        shift[r] = k
+        dmean[r] = d
         rstd[r] = s
-        _apply_elementwise(x, y, lo, 0, L, m, s, w, b, mode)
+        _apply_elementwise(x, y, lo, 0, L, k, d, s, w, b, mode)
 
 
 def rms_norm_rows(x, y, R, L, w, mode, eps):
     for r in prange(R):
         lo = r * L
-        s = 1.0 / math.sqrt(_span_sumsq(x, lo, lo + L) / L + eps)
-        _apply_elementwise(x, y, lo, 0, L, 0.0, s, w, w, mode)
+        s = _rrms(_span_sumsq(x, lo, lo + L), L, eps)
+        _apply_elementwise(x, y, lo, 0, L, 0.0, 0.0, s, w, w, mode)
 
 
-def chunk_moments(x, R, L, K, part):
-    """part[r*K + k] = (mean, M2) of chunk k of row r; rows are split into
-    K chunks of CHUNK elements, the last one shorter."""
-    for t in prange(R * K):
-        r = t // K
-        k = t - r * K
-        lo = r * L + k * CHUNK
+def chunk_moments(x, R, L, nk, P, part):
+    """part[r*nk + j] = moments of chunk j of row r (rows of L elements cut
+    into nk chunks of CHUNK, the last one shorter), shifted by the first
+    element of row r % P (P = R: the row's own; P = C for BatchNorm's
+    (n, c) segments: channel c's first element)."""
+    for t in prange(R * nk):
+        r = t // nk
+        j = t - r * nk
+        lo = r * L + j * CHUNK
         hi = min(lo + CHUNK, r * L + L)
-        m, m2 = _chunk_moments(x, lo, hi)
-        part[t, 0] = m
+        d, m2 = _chunk_moments(x, lo, hi, _load(x, (r % P) * L))
+        part[t, 0] = d
         part[t, 1] = m2
 
 
-def chunk_sumsq(x, R, L, K, part):
-    for t in prange(R * K):
-        r = t // K
-        k = t - r * K
-        lo = r * L + k * CHUNK
+def chunk_sumsq(x, R, L, nk, part):
+    for t in prange(R * nk):
+        r = t // nk
+        j = t - r * nk
+        lo = r * L + j * CHUNK
         hi = min(lo + CHUNK, r * L + L)
-        part[t, 0] = _chunk_sumsq(x, lo, hi)
+        part[t, 0] = _sum_sq(x[lo:hi])
 
 
-def merge_rows(part, R, L, K, eps, mean, rstd):
-    """Merge each row's K chunk moments in order (same order as
-    _span_moments, so the split and the per-row kernels agree bit for bit)."""
+def merge_rows(x, part, R, L, nk, eps, shift, dmean, rstd):
+    """Merge each row's chunk moments in order (the order of _span_moments,
+    so the split and the per-row plans agree bit for bit); runs before any
+    output is written, so the shifts read from x are still the inputs."""
     for r in range(R):
         n = 0.0
-        m = 0.0
+        d = 0.0
         m2 = 0.0
-        for k in range(K):
-            c = min(CHUNK, L - k * CHUNK)
-            n, m, m2 = _merge(n, m, m2, float(c), part[r * K + k, 0],
-                              part[r * K + k, 1])
-        mean[r] = m
+        for j in range(nk):
+            c = min(CHUNK, L - j * CHUNK)
+            n, d, m2 = _merge(n, d, m2, float(c), part[r * nk + j, 0],
+                              part[r * nk + j, 1])
+        shift[r] = _load(x, r * L)
+        dmean[r] = d
         rstd[r] = _rstd(m2, L, eps)
 
 
-def merge_rows_sumsq(part, R, L, K, eps, rstd):
+def merge_rows_sumsq(part, R, L, nk, eps, rstd):
     for r in range(R):
         s = 0.0
-        for k in range(K):
-            s += part[r * K + k, 0]
-        rstd[r] = 1.0 / math.sqrt(s / L + eps)
+        for j in range(nk):
+            s += part[r * nk + j, 0]
+        rstd[r] = _rrms(s, L, eps)
 
 
-def apply_rows(x, y, R, L, K, mean, rstd, w, b, mode):
-    """Output pass, one task per chunk of a row (for rows split across
+def apply_rows(x, y, R, L, nk, shift, dmean, rstd, w, b, mode):
+    """Output pass, one task per chunk of a row (rows split across
     threads)."""
-    for t in prange(R * K):
-        r = t // K
-        k = t - r * K
-        j0 = k * CHUNK
+    for t in prange(R * nk):
+        r = t // nk
+        j = t - r * nk
+        j0 = j * CHUNK
         n = min(CHUNK, L - j0)
-        _apply_elementwise(x, y, r * L + j0, j0, n, mean[r], rstd[r], w, b,
-                           mode)
+        _apply_elementwise(x, y, r * L + j0, j0, n, shift[r], dmean[r],
+                           rstd[r], w, b, mode)
 
 
-def group_norm_rows(x, y, R, G, Cg, S, w, b, eps, mean, rstd):
+def group_norm_rows(x, y, R, G, Cg, S, w, b, eps, shift, dmean, rstd):
     """Rows of Cg channels x S positions; w, b: float64 (C,) (ones/zeros
-    when absent: per-channel affine costs one fused multiply-add either
-    way)."""
+    when absent: with a per-channel affine the cost is the same)."""
     L = Cg * S
     for r in prange(R):
         lo = r * L
-        m, m2 = _span_moments(x, lo, lo + L)
+        k = _load(x, lo)
+        d, m2 = _span_moments(x, lo, lo + L, k)
         s = _rstd(m2, L, eps)
-        mean[r] = m
+        shift[r] = k
+        dmean[r] = d
         rstd[r] = s
         c0 = (r % G) * Cg
         for ci in range(Cg):
-            _apply_affine(x, y, lo + ci * S, S, m, s * w[c0 + ci], b[c0 + ci])
+            _apply_affine(x, y, lo + ci * S, S, k, d, s * w[c0 + ci],
+                          b[c0 + ci])
 
 
-def apply_segments(x, y, NS, P, S, K, shift, scale, beta):
-    """y = (x - shift[p]) * scale[p] + beta[p] over NS segments of S
-    elements, segment i using parameters p = i % P (P = C for BatchNorm,
-    P = N*C for GroupNorm); one task per chunk of a segment."""
-    for t in prange(NS * K):
-        i = t // K
-        k = t - i * K
-        c = i % P
-        j0 = k * CHUNK
+def apply_segments(x, y, NS, P, S, nk, shift, dmean, scale, beta):
+    """y = ((x - shift[p]) - dmean[p]) * scale[p] + beta[p] over NS
+    segments of S elements, segment i using parameters p = i % P (P = C
+    for BatchNorm, P = N*C for GroupNorm); one task per chunk."""
+    for t in prange(NS * nk):
+        i = t // nk
+        j = t - i * nk
+        p = i % P
+        j0 = j * CHUNK
         n = min(CHUNK, S - j0)
-        _apply_affine(x, y, i * S + j0, n, shift[c], scale[c], beta[c])
+        _apply_affine(x, y, i * S + j0, n, shift[p], dmean[p], scale[p],
+                      beta[p])
 
 
-def merge_columns(part, N, C, S, K, mean, var):
-    """BatchNorm training statistics: channel c merges the K chunks of each
-    of its N segments, in (n, k) order. Writes the mean and the biased
-    variance."""
+def merge_columns(x, part, N, C, S, nk, shift, dmean, var):
+    """BatchNorm training statistics: channel c merges the chunks of each
+    of its N segments in (n, chunk) order. Writes the shift, the mean of
+    x - shift and the biased variance."""
     for c in prange(C):
         n = 0.0
-        m = 0.0
+        d = 0.0
         m2 = 0.0
         for i in range(N):
-            base = (i * C + c) * K
-            for k in range(K):
-                cnt = min(CHUNK, S - k * CHUNK)
-                n, m, m2 = _merge(n, m, m2, float(cnt), part[base + k, 0],
-                                  part[base + k, 1])
-        mean[c] = m
+            base = (i * C + c) * nk
+            for j in range(nk):
+                cnt = min(CHUNK, S - j * CHUNK)
+                n, d, m2 = _merge(n, d, m2, float(cnt), part[base + j, 0],
+                                  part[base + j, 1])
+        shift[c] = _load(x, c * S)
+        dmean[c] = d
         var[c] = m2 / n
 
 

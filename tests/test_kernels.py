@@ -1,0 +1,140 @@
+"""Every op against its float64 reference over dtype x shape x affine x
+memory layout, plus out=, in-place, return_stats and training BatchNorm."""
+
+import numpy as np
+import pytest
+
+import numbanorm
+from tests import reference as ref
+from tests.conftest import DTYPES, LAYOUTS, OPS, arrange, assert_close, rng_for
+
+def _applies(shape, dtype, layout):
+    if layout == "channels_last":
+        return len(shape) >= 3
+    if layout == "byteswapped":  # ml_dtypes has no byte-swapped bfloat16
+        return dtype != "bfloat16"
+    return True
+
+
+CASES = [(op, shape, dtype, layout) for op in OPS for shape in OPS[op].shapes
+         for dtype in DTYPES for layout in LAYOUTS
+         if _applies(shape, dtype, layout)]
+
+
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
+@pytest.mark.parametrize("opname,shape,dtype,layout", CASES,
+                         ids=["-".join(map(str, c)) for c in CASES])
+def test_matches_reference(opname, shape, dtype, affine, layout):
+    op = OPS[opname]
+    rng = rng_for(opname, shape, dtype, affine, layout)
+    data = rng.standard_normal(shape) * 3 + 0.5
+    x = arrange(data, DTYPES[dtype], layout)
+    kw = op.params(shape, affine, rng)
+    x_before = x.copy()
+    y = op.call(x, **kw)
+    assert y.shape == x.shape
+    assert y.flags.c_contiguous
+    assert np.array_equal(x, x_before, equal_nan=True), "x was modified"
+    assert_close(y, op.reference(x, **kw), x.dtype.newbyteorder("="),
+                 f"{opname}{shape} {dtype} {layout}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_out_and_in_place(op, dtype):
+    shape = op.shapes[3] if len(op.shapes) > 3 else op.shapes[-1]
+    rng = rng_for(op.name, "out", dtype)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    kw = op.params(shape, True, rng)
+    expected = op.call(x, **kw)
+    out = np.full_like(x, np.nan)
+    r = op.call(x, **kw, out=out)
+    assert r is out
+    assert np.array_equal(out, expected)
+    xi = x.copy()
+    r = op.call(xi, **kw, out=xi)
+    assert r is xi
+    assert np.array_equal(xi, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_layer_norm_stats(dtype):
+    rng = rng_for("ln-stats", dtype)
+    x = (rng.standard_normal((2, 3, 40)) + 7).astype(DTYPES[dtype])
+    y, mean, rstd = numbanorm.layer_norm(x, (3, 40), return_stats=True)
+    _, mref, rref = ref.layer_norm(x, (3, 40))
+    sd = np.float64 if dtype == "float64" else np.float32
+    assert mean.shape == rstd.shape == (2, 1, 1)
+    assert mean.dtype == rstd.dtype == sd
+    np.testing.assert_allclose(mean, mref, rtol=2 * np.finfo(sd).eps)
+    np.testing.assert_allclose(rstd, rref, rtol=2 * np.finfo(sd).eps)
+    # the stats broadcast against x and reproduce y
+    recon = (x.astype(np.float64) - mean) * rstd
+    assert_close(y, recon, x.dtype, "y vs stats") if dtype == "float64" else None
+
+
+@pytest.mark.parametrize("fn", ["group_norm", "instance_norm"])
+def test_group_stats(fn):
+    rng = rng_for("gn-stats", fn)
+    x = (rng.standard_normal((3, 6, 5, 7)) * 4 - 2).astype(np.float32)
+    if fn == "group_norm":
+        y, mean, rstd = numbanorm.group_norm(x, 2, return_stats=True)
+        _, mref, rref = ref.group_norm(x, 2)
+        G = 2
+    else:
+        y, mean, rstd = numbanorm.instance_norm(x, return_stats=True)
+        _, mref, rref = ref.instance_norm(x)
+        G = 6
+    assert mean.shape == rstd.shape == (3, G)
+    assert mean.dtype == np.float32
+    np.testing.assert_allclose(mean, mref, rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(rstd, rref, rtol=1e-7)
+
+
+def test_group_norm_extremes_equal_layer_and_instance_norm():
+    rng = rng_for("gn-extremes")
+    x = rng.standard_normal((2, 6, 5, 5))
+    np.testing.assert_array_equal(
+        numbanorm.group_norm(x, 1), numbanorm.layer_norm(x, (6, 5, 5)))
+    np.testing.assert_array_equal(
+        numbanorm.group_norm(x, 6), numbanorm.instance_norm(x))
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 7), (8, 16, 32, 32), (2, 3, 9000)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_batch_norm_training(shape, dtype):
+    rng = rng_for("bn-train", shape, dtype)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    C = shape[1]
+    rm = rng.standard_normal(C).astype(np.float32)
+    rv = (rng.random(C) + 0.5).astype(np.float32)
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, w, b, training=True,
+                                           momentum=0.3)
+    y = numbanorm.batch_norm(x, rm, rv, w, b, training=True, momentum=0.3)
+    assert_close(y, y_ref, dtype, "batch_norm training")
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-6)
+    # without running statistics: normalizes all the same
+    y2 = numbanorm.batch_norm(x, None, None, w, b, training=True)
+    assert np.array_equal(y, y2)
+
+
+def test_rms_norm_default_eps_is_dtype_epsilon():
+    x = np.full((2, 4), 1e-3, np.float16)
+    y = numbanorm.rms_norm(x, 4)
+    eps = float(np.finfo(np.float16).eps)
+    expected = 1e-3 / np.sqrt(float(np.float16(1e-3)) ** 2 + eps)
+    assert_close(y, np.full((2, 4), float(np.float16(1e-3)) / np.sqrt(
+        float(np.float16(1e-3)) ** 2 + eps)), np.float16, "rms eps")
+    assert abs(float(y[0, 0]) - expected) < 1e-2
+
+
+@pytest.mark.parametrize("fn,args", [
+    ("layer_norm", ((0, 5), 5)), ("rms_norm", ((0, 5), 5)),
+    ("group_norm", ((0, 4, 3), 2)), ("instance_norm", ((0, 4, 3),)),
+    ("batch_norm", ((0, 4, 3), np.zeros(4), np.ones(4))),
+])
+def test_empty_batch(fn, args):
+    x = np.empty(args[0], np.float32)
+    y = getattr(numbanorm, fn)(x, *args[1:])
+    assert y.shape == x.shape and y.dtype == x.dtype
