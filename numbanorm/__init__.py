@@ -9,11 +9,55 @@ from ._api import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 
 __version__ = "0.1.0"
 
+
+def info():
+    """Versions, numba threading layer, thread count, CPU and cache folder."""
+    import platform
+
+    import numba
+    import numpy
+
+    from . import _dispatch
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        _dispatch.affine(numpy.zeros(1 << 16, numpy.float32),
+                         numpy.zeros(1 << 16, numpy.float32), 1.0, 0.0)
+        try:
+            layer = numba.threading_layer()
+        except ValueError:
+            layer = "none (serial)"
+    return {
+        "numbanorm": __version__,
+        "numba": numba.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "threading_layer": layer,
+        "threads": numba.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cache_dir": numba.config.CACHE_DIR or "(next to the package, __pycache__)",
+    }
+
+
+def _cpu_name():
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 __all__ = [
     "layer_norm",
     "group_norm",
     "instance_norm",
     "batch_norm",
     "rms_norm",
+    "info",
     "__version__",
 ]

@@ -36,7 +36,8 @@ import math
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload, register_jitable
+from llvmlite import ir
+from numba.extending import intrinsic, overload, register_jitable
 
 # Elements per moments chunk: 16 KiB of float32, 32 KiB of float64, both
 # L1-resident for the second pass. It also sets the granularity at which one
@@ -48,48 +49,78 @@ CHUNK = 4096
 # float16 / bfloat16 bit patterns <-> float64
 
 
+@intrinsic
+def _f64_as_u64(typingctx, v):
+    sig = types.uint64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return sig, codegen
+
+
+@intrinsic
+def _u64_as_f64(typingctx, v):
+    sig = types.float64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return sig, codegen
+
+
+# Integer-only conversions between float64 and the 16-bit formats (M
+# mantissa bits, exponent bias B: float16 M=10 B=15, bfloat16 M=7 B=127);
+# branch-light, so they cost little next to the memory traffic.
+
+
 @register_jitable
-def _bits_to_f64(h, mbits, ebias):
+def _bits_to_f64(h, M, B):
+    # Written as selects without calls, so that LLVM can vectorize it.
     h = np.int64(h) & 0xFFFF
-    emask = (1 << (15 - mbits)) - 1
-    ef = (h >> mbits) & emask
-    m = h & ((1 << mbits) - 1)
-    if ef == emask:
-        v = np.inf if m == 0 else np.nan
-    elif ef == 0:
-        v = math.ldexp(float(m), 1 - ebias - mbits)
-    else:
-        v = math.ldexp(float(m + (1 << mbits)), ef - ebias - mbits)
-    return -v if (h >> 15) else v
+    emask = (1 << (15 - M)) - 1
+    ex = (h >> M) & emask
+    m = h & ((1 << M) - 1)
+    neg = (h >> 15) != 0
+    e64 = 0x7FF if ex == emask else ex - B + 1023
+    normal = _u64_as_f64(np.uint64(((h >> 15) << 63) | (e64 << 52)
+                                   | (m << (52 - M))))
+    # zero or subnormal: m * 2**(1 - B - M), exact
+    sub = float(m) * (2.0 ** (1 - B - M))
+    return normal if ex != 0 else (-sub if neg else sub)
 
 
 @register_jitable
-def _f64_to_bits(v, mbits, ebias):
-    # Rounds a float64 straight to the small format (no float32 step, so no
-    # double rounding): scale by a power of two (exact), rint (ties to even).
-    emask = (1 << (15 - mbits)) - 1
-    if v != v:
-        return np.uint16((emask << mbits) | (1 << (mbits - 1)))
-    sign = 0x8000 if math.copysign(1.0, v) < 0.0 else 0
-    a = abs(v)
-    if a == np.inf:
-        return np.uint16(sign | (emask << mbits))
-    emin = 1 - ebias
-    if a < math.ldexp(1.0, emin):
-        # subnormal grid; rounding up to 2**mbits gives the smallest normal's
-        # encoding, which is correct
-        m = np.int64(np.rint(math.ldexp(a, mbits - emin)))
+def _f64_to_bits(v, M, B):
+    """Rounds a float64 straight to the 16-bit format, to nearest even (no
+    float32 step, so no double rounding)."""
+    b = np.int64(_f64_as_u64(v))
+    sign = (b >> 48) & 0x8000
+    ex = (b >> 52) & 0x7FF
+    mant = b & 0xFFFFFFFFFFFFF
+    emask = (1 << (15 - M)) - 1
+    if ex == 0x7FF:  # Inf or NaN (quiet)
+        return np.uint16(sign | (emask << M) | ((1 << (M - 1)) if mant else 0))
+    e = ex - 1023 + B
+    if e >= emask:
+        return np.uint16(sign | (emask << M))
+    if e <= 0:  # subnormal in the small format, or zero
+        if e < -M:
+            return np.uint16(sign)
+        full = mant | (1 << 52)
+        shift = 52 - M + 1 - e
+        m = full >> shift
+        rem = full & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if rem > half or (rem == half and (m & 1)):
+            m += 1
         return np.uint16(sign | m)
-    fr, ex = math.frexp(a)
-    e = ex - 1
-    m = np.int64(np.rint(math.ldexp(a, mbits - e)))
-    if m == (1 << (mbits + 1)):
-        m = 1 << mbits
-        e += 1
-    ef = e + ebias
-    if ef >= emask:
-        return np.uint16(sign | (emask << mbits))
-    return np.uint16(sign | (ef << mbits) | (m - (1 << mbits)))
+    shift = 52 - M
+    m = mant >> shift
+    rem = mant & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if rem > half or (rem == half and (m & 1)):
+        m += 1
+    # a carry out of the mantissa bumps the exponent, up to Inf: correct
+    return np.uint16(sign | ((e << M) + m))
 
 
 def _load(a, i):

@@ -1,0 +1,5 @@
+import sys
+
+from numbanorm.cli import main
+
+sys.exit(main())
