@@ -308,18 +308,26 @@ def _rrms(sumsq, n, eps):
 # as (shift k, mean of x - k, rstd).
 
 
+@register_jitable
+def _row_stats(x, r, L, eps, shift, dmean, rstd):
+    """Statistics of row r, stored and returned as (k, d, rstd). The shift
+    is read before the row is written (y may be x)."""
+    lo = r * L
+    k = _load(x, lo)
+    d, m2 = _span_moments(x, lo, lo + L, k)
+    s = _rstd(m2, L, eps)
+    shift[r] = k
+    dmean[r] = d
+    rstd[r] = s
+    return k, d, s
+
+
 def layer_norm_rows(x, y, R, L, w, b, mode, eps, shift, dmean, rstd):
-    """One task per row: moments, then the output pass while the row is hot.
-    The shift is read before the row is written (y may be x)."""
+    """One task per row: moments, then the output pass while the row is
+    hot."""
     for r in prange(R):
-        lo = r * L
-        k = _load(x, lo)
-        d, m2 = _span_moments(x, lo, lo + L, k)
-        s = _rstd(m2, L, eps)
-        shift[r] = k
-        dmean[r] = d
-        rstd[r] = s
-        _apply_elementwise(x, y, lo, 0, L, k, d, s, w, b, mode)
+        k, d, s = _row_stats(x, r, L, eps, shift, dmean, rstd)
+        _apply_elementwise(x, y, r * L, 0, L, k, d, s, w, b, mode)
 
 
 def rms_norm_rows(x, y, R, L, w, mode, eps):
@@ -395,13 +403,8 @@ def group_norm_rows(x, y, R, G, Cg, S, w, b, eps, shift, dmean, rstd):
     when absent: with a per-channel affine the cost is the same)."""
     L = Cg * S
     for r in prange(R):
+        k, d, s = _row_stats(x, r, L, eps, shift, dmean, rstd)
         lo = r * L
-        k = _load(x, lo)
-        d, m2 = _span_moments(x, lo, lo + L, k)
-        s = _rstd(m2, L, eps)
-        shift[r] = k
-        dmean[r] = d
-        rstd[r] = s
         c0 = (r % G) * Cg
         for ci in range(Cg):
             _apply_affine(x, y, lo + ci * S, S, k, d, s * w[c0 + ci],
