@@ -1,0 +1,1 @@
+"""Benchmarks for numbanorm: ``python -m benchmarks.bench --help``."""
