@@ -133,6 +133,12 @@ def _prepare(x, dt, out):
     return y, (ky if kx is None else kx), ky
 
 
+def _rows(x, shape):
+    """(axis, R, L): x as R rows of the L elements of its trailing `shape`."""
+    axis = x.ndim - len(shape)
+    return axis, math.prod(x.shape[:axis]), math.prod(shape)
+
+
 def _stats_dtype(dt):
     return np.float64 if dt == np.float64 else np.float32
 
@@ -189,9 +195,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     b = _param(bias, "bias", shape, fn, "normalized_shape")
     eps = _check_eps(eps, fn)
     _check_out(out, x, dt, fn)
-    axis = x.ndim - len(shape)
-    L = math.prod(shape)
-    R = math.prod(x.shape[:axis])
+    axis, R, L = _rows(x, shape)
     y, kx, ky = _prepare(x, dt, out)
     if x.size:
         k, d, rstd = _dispatch.layer_norm(kx, ky, R, L, w, b,
@@ -221,9 +225,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
         eps = float(ml_dtypes.finfo(dt).eps)
     eps = _check_eps(eps, fn)
     _check_out(out, x, dt, fn)
-    axis = x.ndim - len(shape)
-    L = math.prod(shape)
-    R = math.prod(x.shape[:axis])
+    _, R, L = _rows(x, shape)
     y, kx, ky = _prepare(x, dt, out)
     if x.size:
         _dispatch.rms_norm(kx, ky, R, L, w, _affine_mode(w, None), eps)

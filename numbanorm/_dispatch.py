@@ -61,20 +61,29 @@ def _n_chunks(L):
     return max(1, -(-L // CHUNK))
 
 
+def _split_row_stats(kern, x, R, L, eps):
+    """Row statistics with each row cut into chunks shared across threads;
+    the merge is serial and in chunk order (see merge_rows)."""
+    nk = _n_chunks(L)
+    part = np.empty((R * nk, 2))
+    shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
+    kern["chunk_moments"](x, R, L, nk, R, part)
+    _SERIAL["merge_rows"](x, part, R, L, nk, eps, shift, dmean, rstd)
+    return shift, dmean, rstd
+
+
 def layer_norm(x, y, R, L, w, b, mode, eps):
     """Returns per-row (shift, mean of x - shift, rstd), float64 (R,)."""
     par = use_parallel(R * L)
     kern = _PARALLEL if par else _SERIAL
     w = _EMPTY if w is None else w
     b = _EMPTY if b is None else b
-    shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
     if par and _split_rows(R, L):
-        nk = _n_chunks(L)
-        part = np.empty((R * nk, 2))
-        kern["chunk_moments"](x, R, L, nk, R, part)
-        _SERIAL["merge_rows"](x, part, R, L, nk, eps, shift, dmean, rstd)
-        kern["apply_rows"](x, y, R, L, nk, shift, dmean, rstd, w, b, mode)
+        shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
+        kern["apply_rows"](x, y, R, L, _n_chunks(L), shift, dmean, rstd, w, b,
+                           mode)
     else:
+        shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
         kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, shift, dmean,
                                 rstd)
     return shift, dmean, rstd
@@ -105,12 +114,8 @@ def group_norm(x, y, N, C, G, S, w, b, eps):
     L = Cg * S
     par = use_parallel(R * L)
     kern = _PARALLEL if par else _SERIAL
-    shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
     if par and _split_rows(R, L):
-        nk = _n_chunks(L)
-        part = np.empty((R * nk, 2))
-        kern["chunk_moments"](x, R, L, nk, R, part)
-        _SERIAL["merge_rows"](x, part, R, L, nk, eps, shift, dmean, rstd)
+        shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
         # per (n, c) segment: the group's statistics, the channel's affine;
         # scale = rstd * w, as in group_norm_rows, so both plans agree
         g_of_c = np.arange(C) // Cg
@@ -124,6 +129,7 @@ def group_norm(x, y, N, C, G, S, w, b, eps):
                                per_segment(shift), per_segment(dmean),
                                scale, beta)
     else:
+        shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
         kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, shift, dmean,
                                 rstd)
     return shift, dmean, rstd
