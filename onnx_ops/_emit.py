@@ -129,15 +129,19 @@ def layer_norm_decomposed(s, x, dtype, k, weight, bias, eps, output, mean_output
 # ---------------------------------------------------------------- group_norm
 
 
+def _channel_affine(s, weight, bias, channels, dtype):
+    """Scale and bias operands of shape (C,) for the native per-channel ops,
+    which require both: ones and zeros when absent."""
+    weight = np.ones(channels) if weight is None else weight
+    bias = np.zeros(channels) if bias is None else bias
+    return operand(s, weight, dtype, None, "weight"), operand(s, bias, dtype, None, "bias")
+
+
 def group_norm_native(s, x, dtype, channels, num_groups, weight, bias, eps, output):
     """GroupNormalization-21; weight and bias, if given, have shape (C,)."""
-    if weight is None:
-        weight = np.ones(channels)
-    if bias is None:
-        bias = np.zeros(channels)
     s.node(
         "GroupNormalization",
-        [x, operand(s, weight, dtype, None, "weight"), operand(s, bias, dtype, None, "bias")],
+        [x, *_channel_affine(s, weight, bias, channels, dtype)],
         outputs=output,
         num_groups=int(num_groups),
         epsilon=float(eps),
@@ -242,13 +246,9 @@ def _per_channel_view(s, xc, rank):
 
 def instance_norm_native(s, x, dtype, channels, weight, bias, eps, output):
     """InstanceNormalization-6 (or -22 from opset 22; same signature); weight and bias of shape (C,)."""
-    if weight is None:
-        weight = np.ones(channels)
-    if bias is None:
-        bias = np.zeros(channels)
     s.node(
         "InstanceNormalization",
-        [x, operand(s, weight, dtype, None, "weight"), operand(s, bias, dtype, None, "bias")],
+        [x, *_channel_affine(s, weight, bias, channels, dtype)],
         outputs=output,
         epsilon=float(eps),
     )
