@@ -5,7 +5,11 @@ Public functions follow ``torch.nn.functional``: :func:`layer_norm`,
 :func:`rms_norm`. They take and return numpy arrays.
 """
 
+from . import _threading
 from ._api import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+from ._threading import set_threading
+
+_threading.configure()
 
 __version__ = "0.1.0"
 
@@ -19,22 +23,20 @@ def info():
 
     from . import _dispatch
 
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet in this process
+    if _threading.describe()["threading_layer"] == "(not started)" and \
+            _threading.parallel_allowed():
+        # numba starts its threading layer at the first parallel launch
         _dispatch.affine(numpy.zeros(1 << 16, numpy.float32),
                          numpy.zeros(1 << 16, numpy.float32), 1.0, 0.0)
-        try:
-            layer = numba.threading_layer()
-        except ValueError:
-            layer = "none (serial)"
     return {
         "numbanorm": __version__,
         "numba": numba.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
-        "threading_layer": layer,
-        "threads": numba.get_num_threads(),
+        **_threading.describe(),
+        # get_num_threads() would start the threading layer
+        "threads": numba.get_num_threads() if _threading.parallel_allowed()
+        else 1,
         "cpu": _cpu_name(),
         "cache_dir": numba.config.CACHE_DIR or "(next to the package, __pycache__)",
     }
@@ -59,5 +61,6 @@ __all__ = [
     "batch_norm",
     "rms_norm",
     "info",
+    "set_threading",
     "__version__",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from . import _kernels as K
+from . import _threading
 from ._kernels import CHUNK
 
 # Below this many elements a parallel launch (several microseconds) costs
@@ -44,7 +45,29 @@ def num_threads():
 
 
 def use_parallel(n_elements):
-    return n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
+    # parallel_allowed first: numba.get_num_threads() starts the threading
+    # layer, which serial mode must never do
+    return (_threading.parallel_allowed() and n_elements >= PARALLEL_MIN_ELEMENTS
+            and numba.get_num_threads() > 1)
+
+
+class _launch:
+    """``with _launch(n) as kern:`` gives the kernel table for a problem
+    of n elements: the parallel builds when worth it and the threading
+    guards allow it (see _threading), else the serial builds."""
+
+    __slots__ = ("kern", "held")
+
+    def __init__(self, n_elements):
+        self.held = use_parallel(n_elements) and _threading.acquire()
+        self.kern = _PARALLEL if self.held else _SERIAL
+
+    def __enter__(self):
+        return self.kern
+
+    def __exit__(self, *exc):
+        if self.held:
+            _threading.release()
 
 
 def _split_rows(R, L):
@@ -74,36 +97,34 @@ def _split_row_stats(kern, x, R, L, eps):
 
 def layer_norm(x, y, R, L, w, b, mode, eps):
     """Returns per-row (shift, mean of x - shift, rstd), float64 (R,)."""
-    par = use_parallel(R * L)
-    kern = _PARALLEL if par else _SERIAL
     w = _EMPTY if w is None else w
     b = _EMPTY if b is None else b
-    if par and _split_rows(R, L):
-        shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
-        kern["apply_rows"](x, y, R, L, _n_chunks(L), shift, dmean, rstd, w, b,
-                           mode)
-    else:
-        shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
-        kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, shift, dmean,
-                                rstd)
+    with _launch(R * L) as kern:
+        if kern is _PARALLEL and _split_rows(R, L):
+            shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
+            kern["apply_rows"](x, y, R, L, _n_chunks(L), shift, dmean, rstd,
+                               w, b, mode)
+        else:
+            shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
+            kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, shift,
+                                    dmean, rstd)
     return shift, dmean, rstd
 
 
 def rms_norm(x, y, R, L, w, mode, eps):
-    par = use_parallel(R * L)
-    kern = _PARALLEL if par else _SERIAL
     w = _EMPTY if w is None else w
-    if par and _split_rows(R, L):
-        nk = _n_chunks(L)
-        part = np.empty((R * nk, 1))
-        rstd = np.empty(R)
-        zeros = np.zeros(R)
-        kern["chunk_sumsq"](x, R, L, nk, part)
-        _SERIAL["merge_rows_sumsq"](part, R, L, nk, eps, rstd)
-        kern["apply_rows"](x, y, R, L, nk, zeros, zeros, rstd, w, _EMPTY,
-                           mode)
-    else:
-        kern["rms_norm_rows"](x, y, R, L, w, mode, eps)
+    with _launch(R * L) as kern:
+        if kern is _PARALLEL and _split_rows(R, L):
+            nk = _n_chunks(L)
+            part = np.empty((R * nk, 1))
+            rstd = np.empty(R)
+            zeros = np.zeros(R)
+            kern["chunk_sumsq"](x, R, L, nk, part)
+            _SERIAL["merge_rows_sumsq"](part, R, L, nk, eps, rstd)
+            kern["apply_rows"](x, y, R, L, nk, zeros, zeros, rstd, w,
+                               _EMPTY, mode)
+        else:
+            kern["rms_norm_rows"](x, y, R, L, w, mode, eps)
 
 
 def group_norm(x, y, N, C, G, S, w, b, eps):
@@ -112,51 +133,52 @@ def group_norm(x, y, N, C, G, S, w, b, eps):
     R = N * G
     Cg = C // G
     L = Cg * S
-    par = use_parallel(R * L)
-    kern = _PARALLEL if par else _SERIAL
-    if par and _split_rows(R, L):
-        shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
-        # per (n, c) segment: the group's statistics, the channel's affine;
-        # scale = rstd * w, as in group_norm_rows, so both plans agree
-        g_of_c = np.arange(C) // Cg
-
-        def per_segment(a):
-            return np.ascontiguousarray(a.reshape(N, G)[:, g_of_c]).reshape(-1)
-
-        scale = (rstd.reshape(N, G)[:, g_of_c] * w).reshape(-1)
-        beta = np.ascontiguousarray(np.broadcast_to(b, (N, C))).reshape(-1)
-        kern["apply_segments"](x, y, N * C, N * C, S, _n_chunks(S),
-                               per_segment(shift), per_segment(dmean),
-                               scale, beta)
-    else:
+    with _launch(R * L) as kern:
+        if kern is _PARALLEL and _split_rows(R, L):
+            return _group_norm_split(kern, x, y, N, C, G, S, w, b, eps)
         shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
         kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, shift, dmean,
                                 rstd)
     return shift, dmean, rstd
 
 
+def _group_norm_split(kern, x, y, N, C, G, S, w, b, eps):
+    Cg = C // G
+    shift, dmean, rstd = _split_row_stats(kern, x, N * G, Cg * S, eps)
+    # per (n, c) segment: the group's statistics, the channel's affine;
+    # scale = rstd * w, as in group_norm_rows, so both plans agree
+    g_of_c = np.arange(C) // Cg
+
+    def per_segment(a):
+        return np.ascontiguousarray(a.reshape(N, G)[:, g_of_c]).reshape(-1)
+
+    scale = (rstd.reshape(N, G)[:, g_of_c] * w).reshape(-1)
+    beta = np.ascontiguousarray(np.broadcast_to(b, (N, C))).reshape(-1)
+    kern["apply_segments"](x, y, N * C, N * C, S, _n_chunks(S),
+                           per_segment(shift), per_segment(dmean), scale, beta)
+    return shift, dmean, rstd
+
+
 def batch_norm_stats(x, N, C, S):
     """Per-channel (shift, mean of x - shift, biased variance) over N
     segments of S elements."""
-    par = use_parallel(N * C * S)
-    kern = _PARALLEL if par else _SERIAL
     nk = _n_chunks(S)
     part = np.empty((N * C * nk, 2))
     shift, dmean, var = np.empty(C), np.empty(C), np.empty(C)
-    kern["chunk_moments"](x, N * C, S, nk, C, part)
-    kern["merge_columns"](x, part, N, C, S, nk, shift, dmean, var)
+    with _launch(N * C * S) as kern:
+        kern["chunk_moments"](x, N * C, S, nk, C, part)
+        kern["merge_columns"](x, part, N, C, S, nk, shift, dmean, var)
     return shift, dmean, var
 
 
 def segments_affine(x, y, N, C, S, shift, dmean, scale, beta):
     """y = ((x - shift[c]) - dmean[c]) * scale[c] + beta[c] per channel."""
-    par = use_parallel(N * C * S)
-    kern = _PARALLEL if par else _SERIAL
-    kern["apply_segments"](x, y, N * C, C, S, _n_chunks(S), shift, dmean,
-                           scale, beta)
+    with _launch(N * C * S) as kern:
+        kern["apply_segments"](x, y, N * C, C, S, _n_chunks(S), shift, dmean,
+                               scale, beta)
 
 
 def affine(x, y, a, b):
     """The benchmarks' speed-of-light kernel: y = a*x + b in x's dtype."""
-    kern = _PARALLEL if use_parallel(x.size) else _SERIAL
-    kern["affine"](x, y, x.dtype.type(a), x.dtype.type(b))
+    with _launch(x.size) as kern:
+        kern["affine"](x, y, x.dtype.type(a), x.dtype.type(b))
