@@ -73,6 +73,11 @@ def _param(p, name, shape, fn, what):
     """A weight/bias/running statistic as a C-contiguous float64 copy."""
     if p is None:
         return None
+    return np.ascontiguousarray(_checked_param(p, name, shape, fn, what),
+                                dtype=np.float64).reshape(-1)
+
+
+def _checked_param(p, name, shape, fn, what):
     a = np.asarray(p)
     if a.dtype.kind not in "fiu" and a.dtype != _BF16:
         raise TypeError(f"{fn}: {name} must be a real array, got dtype {a.dtype}")
@@ -80,7 +85,25 @@ def _param(p, name, shape, fn, what):
         raise ValueError(
             f"{fn}: {name} must have shape {tuple(shape)} ({what}), "
             f"got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+    return a
+
+
+def _trailing_params(params, shape, fn, dt):
+    """LayerNorm/RMSNorm weight and bias (None where absent), flat. As large
+    as a row, so they are not copied when they already have x's dtype (the
+    kernels widen them to float64 per element); otherwise both become
+    float64 copies. Both share one dtype, to bound the compiled signatures."""
+    arrays = [None if p is None else _checked_param(p, name, shape, fn,
+                                                    "normalized_shape")
+              for name, p in params]
+    given = [a for a in arrays if a is not None]
+    if given and all(a.dtype == dt and a.flags.c_contiguous for a in given):
+        view = _KERNEL_VIEW[dt]
+        return [None if a is None else
+                (a.reshape(-1) if view is None else a.reshape(-1).view(view))
+                for a in arrays]
+    return [None if a is None else np.ascontiguousarray(a, np.float64).reshape(-1)
+            for a in arrays]
 
 
 def _check_out(out, x, dt, fn):
@@ -191,8 +214,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     fn = "layer_norm"
     dt = _check_x(x, fn, 1, "(*, *normalized_shape)")
     shape = _normalized_shape(normalized_shape, x, fn)
-    w = _param(weight, "weight", shape, fn, "normalized_shape")
-    b = _param(bias, "bias", shape, fn, "normalized_shape")
+    w, b = _trailing_params((("weight", weight), ("bias", bias)), shape, fn, dt)
     eps = _check_eps(eps, fn)
     _check_out(out, x, dt, fn)
     axis, R, L = _rows(x, shape)
@@ -220,7 +242,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     fn = "rms_norm"
     dt = _check_x(x, fn, 1, "(*, *normalized_shape)")
     shape = _normalized_shape(normalized_shape, x, fn)
-    w = _param(weight, "weight", shape, fn, "normalized_shape")
+    w, = _trailing_params((("weight", weight),), shape, fn, dt)
     if eps is None:
         eps = float(ml_dtypes.finfo(dt).eps)
     eps = _check_eps(eps, fn)

@@ -95,10 +95,16 @@ def _split_row_stats(kern, x, R, L, eps):
     return shift, dmean, rstd
 
 
+def _pair(w, b):
+    """Absent parameters as empty arrays of the present one's dtype."""
+    like = w if w is not None else b
+    empty = _EMPTY if like is None else like[:0]
+    return (empty if w is None else w), (empty if b is None else b)
+
+
 def layer_norm(x, y, R, L, w, b, mode, eps):
     """Returns per-row (shift, mean of x - shift, rstd), float64 (R,)."""
-    w = _EMPTY if w is None else w
-    b = _EMPTY if b is None else b
+    w, b = _pair(w, b)
     with _launch(R * L) as kern:
         if kern is _PARALLEL and _split_rows(R, L):
             shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
@@ -112,7 +118,7 @@ def layer_norm(x, y, R, L, w, b, mode, eps):
 
 
 def rms_norm(x, y, R, L, w, mode, eps):
-    w = _EMPTY if w is None else w
+    w, empty = _pair(w, None)
     with _launch(R * L) as kern:
         if kern is _PARALLEL and _split_rows(R, L):
             nk = _n_chunks(L)
@@ -122,7 +128,7 @@ def rms_norm(x, y, R, L, w, mode, eps):
             kern["chunk_sumsq"](x, R, L, nk, part)
             _SERIAL["merge_rows_sumsq"](part, R, L, nk, eps, rstd)
             kern["apply_rows"](x, y, R, L, nk, zeros, zeros, rstd, w,
-                               _EMPTY, mode)
+                               empty, mode)
         else:
             kern["rms_norm_rows"](x, y, R, L, w, mode, eps)
 

@@ -16,12 +16,12 @@ Numerical choices, shared by all kernels:
   output is computed in float64 and rounded once: a float32 result is then as
   good as a float64 computation rounded to float32 (float32 arithmetic would
   lose ~1e-3 on data with an offset of 1e4 and std 1e-2).
-* Moments are computed per chunk of CHUNK elements with two passes (mean, then
-  the sum of squared deviations from it) over data shifted by the row's first
-  element (see "Shifted data" below): the chunk sits in L1 for the second
-  pass, so x streams from memory once. Chunks are merged with Chan et al.'s
-  pairwise update. This never forms E[x^2] - E[x]^2, so large offsets do not
-  cancel, and M2 is a sum of non-negative terms (no clamp needed).
+* Moments are computed per chunk of CHUNK elements over shifted data (see
+  "Shifted data" below) and the chunks are merged with Chan et al.'s
+  pairwise update, so E[x^2] - E[x]^2 is never formed over a row. Within a
+  chunk, float64 data take two passes (mean, then squared deviations; the
+  chunk sits in L1 for the second, so x streams from memory once); 32- and
+  16-bit data take one pass, exact enough in float64 (see _chunk_moments).
 * The chunking is fixed by the data layout and chunks are merged in index
   order, serially. The parallel and serial kernels therefore compute the same
   operations in the same order, and results do not depend on the thread count.
@@ -206,13 +206,46 @@ def _sum_sq(xs):
 # relative accuracy, where rounding the mean alone would cost 1e-12.
 
 
-@register_jitable
+@njit(**_REDUCE)
+def _sums_dev(xs, c):
+    s = 0.0
+    q = 0.0
+    for i in range(xs.size):
+        v = _load(xs, i) - c
+        s += v
+        q += v * v
+    return s, q
+
+
 def _chunk_moments(x, lo, hi, k):
-    """(mean of x - k, M2) of x[lo:hi] in float64: two passes over an
-    L1-resident chunk."""
-    xs = x[lo:hi]
-    d = _sum_dev(xs, k) / (hi - lo)
-    return d, _sum_sq_dev(xs, k, d)
+    """(mean of x - k, M2) of x[lo:hi] in float64."""
+    raise NotImplementedError
+
+
+@overload(_chunk_moments, inline="always")
+def _ov_chunk_moments(x, lo, hi, k):
+    if x.dtype == types.float64:
+        # Two passes over the L1-resident chunk: the mean, then the squared
+        # deviations from it, so M2 keeps float64's full relative accuracy.
+        def two_pass(x, lo, hi, k):
+            xs = x[lo:hi]
+            d = _sum_dev(xs, k) / (hi - lo)
+            return d, _sum_sq_dev(xs, k, d)
+        return two_pass
+
+    # 32- and 16-bit inputs: one pass of the sum and the sum of squares of
+    # x - c, c the chunk's first element. x - c is exact in float64 and so is
+    # its square (at most 2*25 significant bits); the one-pass formula
+    # M2 = q - s*s/n then loses at most ~2n units of 2**-53 relative to M2,
+    # because n*(c - mean)**2 <= n*M2 when c is one of the chunk's values
+    # (~1e-12 for n = 4096, far below float32's 6e-8).
+    def one_pass(x, lo, hi, k):
+        xs = x[lo:hi]
+        c = _load(xs, 0)
+        s, q = _sums_dev(xs, c)
+        mc = s / (hi - lo)
+        return (c - k) + mc, max(q - s * mc, 0.0)
+    return one_pass
 
 
 @register_jitable
@@ -265,16 +298,17 @@ def _apply_elementwise(x, y, lo, j0, n, k, d, scale, w, b, mode):
     elif mode == 1:
         ws = w[j0:j0 + n]
         for i in range(n):
-            _store(ys, i, ((_load(xs, i) - k) - d) * scale * ws[i])
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale * _load(ws, i))
     elif mode == 2:
         bs = b[j0:j0 + n]
         for i in range(n):
-            _store(ys, i, ((_load(xs, i) - k) - d) * scale + bs[i])
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale + _load(bs, i))
     else:
         ws = w[j0:j0 + n]
         bs = b[j0:j0 + n]
         for i in range(n):
-            _store(ys, i, ((_load(xs, i) - k) - d) * scale * ws[i] + bs[i])
+            _store(ys, i, ((_load(xs, i) - k) - d) * scale * _load(ws, i)
+                   + _load(bs, i))
 
 
 @register_jitable
