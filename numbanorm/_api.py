@@ -106,7 +106,7 @@ def _trailing_params(params, shape, fn, dt):
             for a in arrays]
 
 
-def _check_out(out, x, dt, fn):
+def _check_out(out, x, dt, fn, channels_last_ok=False):
     if out is None:
         return
     if not isinstance(out, np.ndarray):
@@ -118,10 +118,12 @@ def _check_out(out, x, dt, fn):
         raise ValueError(
             f"{fn}: out has dtype {out.dtype}, expected {dt} (x's dtype, "
             "native byte order)")
-    if not out.flags.c_contiguous:
+    if not out.flags.c_contiguous and not (
+            channels_last_ok and _channels_last_view(out) is not None):
         raise ValueError(
-            f"{fn}: out must be C-contiguous (strides {out.strides} for "
-            f"shape {out.shape})")
+            f"{fn}: out must be C-contiguous"
+            + (" or channels-last" if channels_last_ok else "")
+            + f" (strides {out.strides} for shape {out.shape})")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: out is read-only")
 
@@ -154,6 +156,46 @@ def _prepare(x, dt, out):
         ky = ky.view(view)
         kx = kx.view(view) if kx is not None else None
     return y, (ky if kx is None else kx), ky
+
+
+def _channels_last_view(a):
+    """The C-contiguous (N, *spatial, C) view of a channels-last
+    (N, C, *spatial) array (an NCHW view of an NHWC buffer), else None."""
+    if a.ndim < 3 or a.flags.c_contiguous:
+        return None
+    t = np.moveaxis(a, 1, -1)
+    return t if t.flags.c_contiguous else None
+
+
+def _is_channels_last(x, dt):
+    return x.dtype == dt and _channels_last_view(x) is not None
+
+
+def _prepare_channels_last(x, dt, out):
+    """(y, kx, ky) over the channels-last buffers when x is channels-last
+    and out is None or channels-last too, else None. The result keeps x's
+    layout, so the data are read and written where they are."""
+    xt = _channels_last_view(x) if x.dtype == dt else None
+    if xt is None:
+        return None
+    if out is None:
+        yt = np.empty(xt.shape, dt)
+        y = np.moveaxis(yt, -1, 1)
+    else:
+        yt = _channels_last_view(out)
+        if yt is None:
+            return None
+        y = out
+        if np.may_share_memory(out, x) and not (
+                out.__array_interface__["data"][0]
+                == x.__array_interface__["data"][0]
+                and out.strides == x.strides):
+            xt = xt.copy()  # partial overlap: read from a private copy
+    view = _KERNEL_VIEW[dt]
+    kx, ky = xt.reshape(-1), yt.reshape(-1)
+    if view is not None:
+        kx, ky = kx.view(view), ky.view(view)
+    return y, kx, ky
 
 
 def _rows(x, shape):
@@ -259,11 +301,13 @@ def _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats):
     w = _param(weight, "weight", (C,), fn, "one per channel")
     b = _param(bias, "bias", (C,), fn, "one per channel")
     eps = _check_eps(eps, fn)
-    _check_out(out, x, dt, fn)
+    _check_out(out, x, dt, fn, channels_last_ok=_is_channels_last(x, dt))
     S = math.prod(x.shape[2:])
-    y, kx, ky = _prepare(x, dt, out)
+    cl = _prepare_channels_last(x, dt, out)
+    y, kx, ky = cl if cl is not None else _prepare(x, dt, out)
     if x.size:
-        k, d, rstd = _dispatch.group_norm(
+        run = _dispatch.group_norm if cl is None else _dispatch.group_norm_nhwc
+        k, d, rstd = run(
             kx, ky, N, C, G, S, np.ones(C) if w is None else w,
             np.zeros(C) if b is None else b, eps)
         mean = k + d
@@ -392,10 +436,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
                 "training=False")
         rm = _param(running_mean, "running_mean", (C,), fn, "one per channel")
         rv = _param(running_var, "running_var", (C,), fn, "one per channel")
-    _check_out(out, x, dt, fn)
-    y, kx, ky = _prepare(x, dt, out)
+    _check_out(out, x, dt, fn, channels_last_ok=_is_channels_last(x, dt))
+    cl = _prepare_channels_last(x, dt, out)
+    y, kx, ky = cl if cl is not None else _prepare(x, dt, out)
     if training:
-        k, d, var = _dispatch.batch_norm_stats(kx, N, C, S)
+        stats = _dispatch.batch_norm_stats if cl is None else \
+            _dispatch.batch_norm_stats_nhwc
+        k, d, var = stats(kx, N, C, S)
         mean = k + d
     else:
         k, d, var = rm, np.zeros(C), rv
@@ -404,7 +451,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
         scale = scale * w
     beta = np.zeros(C) if b is None else b
     if x.size:
-        _dispatch.segments_affine(kx, ky, N, C, S, k, d, scale, beta)
+        run = _dispatch.segments_affine if cl is None else _dispatch.affine_nhwc
+        run(kx, ky, N, C, S, k, d, scale, beta)
     if training:
         m = float(momentum)
         if running_mean is not None:

@@ -165,6 +165,62 @@ def _group_norm_split(kern, x, y, N, C, G, S, w, b, eps):
     return shift, dmean, rstd
 
 
+def _centering(x, shift, dmean):
+    """nhwc_apply's (kc, dc): the mean as one number for 32- and 16-bit
+    data, (shift, mean - shift) for float64."""
+    if x.dtype == np.float64:
+        return shift, dmean
+    return shift + dmean, _EMPTY
+
+
+def _nhwc_block_size(S, C):
+    return max(1, min(S, CHUNK // C))
+
+
+def group_norm_nhwc(x, y, N, C, G, S, w, b, eps):
+    """group_norm on channels-last flat (N, S, C) buffers; same returns."""
+    B = _nhwc_block_size(S, C)
+    nb = -(-S // B)
+    part = np.empty((N * nb * G, 2))
+    shift, dmean, rstd = np.empty(N * G), np.empty(N * G), np.empty(N * G)
+    with _launch(N * C * S) as kern:
+        kern["nhwc_moments"](x, N, S, C, G, B, nb, True, part)
+        kern["nhwc_merge"](x, part, N, S, C, G, B, nb, eps, shift, dmean, rstd)
+        # per (n, c): the group's statistics, the channel's affine;
+        # scale = rstd * w, as in group_norm_rows
+        g_of_c = np.arange(C) // (C // G)
+
+        def per_channel(a):
+            return np.ascontiguousarray(a.reshape(N, G)[:, g_of_c]).reshape(-1)
+
+        scale = (rstd.reshape(N, G)[:, g_of_c] * w).reshape(-1)
+        beta = np.ascontiguousarray(np.broadcast_to(b, (N, C))).reshape(-1)
+        kern["nhwc_apply"](x, y, N, S, C, B, nb, C,
+                           *_centering(x, per_channel(shift), per_channel(dmean)),
+                           scale, beta)
+    return shift, dmean, rstd
+
+
+def batch_norm_stats_nhwc(x, N, C, S):
+    """batch_norm_stats on channels-last flat (N, S, C) buffers."""
+    B = _nhwc_block_size(S, C)
+    nb = -(-S // B)
+    part = np.empty((N * nb * C, 2))
+    shift, dmean, var = np.empty(C), np.empty(C), np.empty(C)
+    with _launch(N * C * S) as kern:
+        kern["nhwc_moments"](x, N, S, C, C, B, nb, False, part)
+        kern["nhwc_merge_channels"](x, part, N, S, C, B, nb, shift, dmean, var)
+    return shift, dmean, var
+
+
+def affine_nhwc(x, y, N, C, S, shift, dmean, scale, beta):
+    """segments_affine on channels-last flat (N, S, C) buffers."""
+    B = _nhwc_block_size(S, C)
+    with _launch(N * C * S) as kern:
+        kern["nhwc_apply"](x, y, N, S, C, B, -(-S // B), 0,
+                           *_centering(x, shift, dmean), scale, beta)
+
+
 def batch_norm_stats(x, N, C, S):
     """Per-channel (shift, mean of x - shift, biased variance) over N
     segments of S elements."""

@@ -16,6 +16,13 @@ def _applies(shape, dtype, layout):
     return True
 
 
+def _is_channels_last(x):
+    return (x.ndim >= 3 and x.dtype.isnative and not x.flags.c_contiguous
+            and np.moveaxis(x, 1, -1).flags.c_contiguous)
+
+
+CHANNEL_OPS = ("group_norm", "instance_norm", "batch_norm", "batch_norm_train")
+
 CASES = [(op, shape, dtype, layout) for op in OPS for shape in OPS[op].shapes
          for dtype in DTYPES for layout in LAYOUTS
          if _applies(shape, dtype, layout)]
@@ -33,7 +40,11 @@ def test_matches_reference(opname, shape, dtype, affine, layout):
     x_before = x.copy()
     y = op.call(x, **kw)
     assert y.shape == x.shape
-    assert y.flags.c_contiguous
+    if opname in CHANNEL_OPS and _is_channels_last(x):
+        # channel norms keep a channels-last input's layout
+        assert np.moveaxis(y, 1, -1).flags.c_contiguous
+    else:
+        assert y.flags.c_contiguous
     assert np.array_equal(x, x_before, equal_nan=True), "x was modified"
     assert_close(y, op.reference(x, **kw), x.dtype.newbyteorder("="),
                  f"{opname}{shape} {dtype} {layout}")
@@ -138,3 +149,45 @@ def test_empty_batch(fn, args):
     x = np.empty(args[0], np.float32)
     y = getattr(numbanorm, fn)(x, *args[1:])
     assert y.shape == x.shape and y.dtype == x.dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("opname,kw", [
+    ("group_norm", {"num_groups": 32}), ("group_norm", {"num_groups": 1}),
+    ("instance_norm", {}), ("batch_norm", {"training": True}),
+    ("batch_norm", {"training": False})])
+def test_channels_last_kept_out_and_in_place(opname, kw, dtype):
+    """Channels-last inputs are normalized where they are: the result, an
+    out= in the same layout and out=x all agree with the reference."""
+    rng = rng_for("channels_last", opname, dtype, tuple(kw))
+    N, C, H, W = 3, 64, 17, 9
+    nhwc = (rng.standard_normal((N, H, W, C)) * 0.01 + 300).astype(dtype)
+    x = nhwc.transpose(0, 3, 1, 2)
+    params = {"weight": rng.standard_normal(C), "bias": rng.standard_normal(C)}
+    if opname == "batch_norm":
+        params["running_mean"] = np.full(C, 300.0)
+        params["running_var"] = np.full(C, 1e-4)
+    ref_kw = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+              for k, v in {**kw, **params}.items()}
+    expected = ref.REFERENCES[opname](x, **ref_kw)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    x_before = x.copy()
+
+    def run(**extra):
+        p = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+             for k, v in params.items()}
+        return getattr(numbanorm, opname)(x if "out" not in extra or extra["out"] is not x else x, **kw, **p, **extra)
+
+    y = run()
+    assert np.moveaxis(y, 1, -1).flags.c_contiguous
+    assert np.array_equal(x, x_before)
+    assert_close(y, expected, np.dtype(dtype), f"{opname} channels-last")
+    out = np.empty_like(x)  # keeps the channels-last layout
+    assert run(out=out) is out
+    assert np.array_equal(out, y)
+    out_c = np.empty(x.shape, x.dtype)  # C-contiguous out works too
+    assert run(out=out_c) is out_c
+    assert_close(out_c, expected, np.dtype(dtype), f"{opname} C out")
+    r = run(out=x)
+    assert r is x
+    assert np.array_equal(x, y)
