@@ -176,7 +176,8 @@ def numbanorm_impl(op, inp, out=False):
     x = inp["x"]
     kw = op_kwargs(op, inp)
     if out:
-        y = np.empty(x.shape, x.dtype)
+        # in x's layout: a channels-last x gets a channels-last out
+        y = np.empty_like(x)
         return lambda: fn(x, out=y, **kw)
     return lambda: fn(x, **kw)
 
@@ -805,8 +806,26 @@ def parse_args(argv=None):
                    help="timed calls per measurement (default: ~0.75 s worth, 5..2000)")
     p.add_argument("--scaling", action="store_true",
                    help="time the in-cache shapes at 1 and N threads, print speedups")
+    p.add_argument("--dask", action="store_true",
+                   help="instead: layer_norm on a 2-worker Dask LocalCluster vs one "
+                        "machine (needs numbanorm[dask]; see benchmarks/dask_case.py)")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     return p.parse_args(argv)
+
+
+def main_dask(args, threads):
+    try:
+        from benchmarks import dask_case
+    except ImportError as e:
+        print(f"--dask needs numbanorm[dask]: {e}", file=sys.stderr)
+        return 2
+    res = dask_case.run(threads=threads, quick=args.quick)
+    print(dask_case.report(res))
+    os.makedirs(args.out, exist_ok=True)
+    jpath = os.path.join(args.out, "dask.json")
+    write_json(jpath, res)
+    print(f"\nwrote {jpath}")
+    return 0
 
 
 def main(argv=None):
@@ -823,6 +842,8 @@ def main(argv=None):
     if args.repeat is not None and args.repeat < 1:
         print("--repeat must be >= 1", file=sys.stderr)
         return 2
+    if args.dask:
+        return main_dask(args, threads)
     have_onnx_ops, have_torch = probe_optional()
     set_threads(threads, have_torch)
     if args.scaling:
