@@ -198,6 +198,22 @@ def _prepare_channels_last(x, dt, out):
     return y, kx, ky
 
 
+def _unaliased(params, out):
+    """The parameters, each copied if it shares memory with out (e.g. a
+    weight that is a view of x, normalized with out=x): x may be copied
+    into out, and the kernels read the parameters while out is written."""
+    if out is None:
+        return list(params)
+    return [p if p is None or not np.may_share_memory(p, out) else p.copy()
+            for p in params]
+
+
+def _stats_out(a, dtype, shape):
+    # rstd of a near-constant row can exceed float32's range: inf, quietly
+    with np.errstate(over="ignore"):
+        return a.astype(dtype).reshape(shape)
+
+
 def _rows(x, shape):
     """(axis, R, L): x as R rows of the L elements of its trailing `shape`."""
     axis = x.ndim - len(shape)
@@ -260,6 +276,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     eps = _check_eps(eps, fn)
     _check_out(out, x, dt, fn)
     axis, R, L = _rows(x, shape)
+    w, b = _unaliased((w, b), out)
     y, kx, ky = _prepare(x, dt, out)
     if x.size:
         k, d, rstd = _dispatch.layer_norm(kx, ky, R, L, w, b,
@@ -271,7 +288,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
         return y
     sshape = x.shape[:axis] + (1,) * len(shape)
     sd = _stats_dtype(dt)
-    return y, mean.astype(sd).reshape(sshape), rstd.astype(sd).reshape(sshape)
+    return y, _stats_out(mean, sd, sshape), _stats_out(rstd, sd, sshape)
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
@@ -290,6 +307,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     eps = _check_eps(eps, fn)
     _check_out(out, x, dt, fn)
     _, R, L = _rows(x, shape)
+    w, = _unaliased((w,), out)
     y, kx, ky = _prepare(x, dt, out)
     if x.size:
         _dispatch.rms_norm(kx, ky, R, L, w, _affine_mode(w, None), eps)
@@ -303,6 +321,7 @@ def _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats):
     eps = _check_eps(eps, fn)
     _check_out(out, x, dt, fn, channels_last_ok=_is_channels_last(x, dt))
     S = math.prod(x.shape[2:])
+    w, b = _unaliased((w, b), out)
     cl = _prepare_channels_last(x, dt, out)
     y, kx, ky = cl if cl is not None else _prepare(x, dt, out)
     if x.size:
@@ -316,7 +335,7 @@ def _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats):
     if not return_stats:
         return y
     sd = _stats_dtype(dt)
-    return y, mean.astype(sd).reshape(N, G), rstd.astype(sd).reshape(N, G)
+    return y, _stats_out(mean, sd, (N, G)), _stats_out(rstd, sd, (N, G))
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
@@ -437,6 +456,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
         rm = _param(running_mean, "running_mean", (C,), fn, "one per channel")
         rv = _param(running_var, "running_var", (C,), fn, "one per channel")
     _check_out(out, x, dt, fn, channels_last_ok=_is_channels_last(x, dt))
+    w, b, rm, rv = _unaliased((w, b, rm, rv), out)
     cl = _prepare_channels_last(x, dt, out)
     y, kx, ky = cl if cl is not None else _prepare(x, dt, out)
     if training:
@@ -446,7 +466,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
         mean = k + d
     else:
         k, d, var = rm, np.zeros(C), rv
-    scale = 1.0 / np.sqrt(var + eps)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # a negative running_var gives a NaN channel, without a warning
+        scale = 1.0 / np.sqrt(var + eps)
     if w is not None:
         scale = scale * w
     beta = np.zeros(C) if b is None else b

@@ -126,7 +126,7 @@ def rms_norm(x, y, R, L, w, mode, eps):
             rstd = np.empty(R)
             zeros = np.zeros(R)
             kern["chunk_sumsq"](x, R, L, nk, part)
-            _SERIAL["merge_rows_sumsq"](part, R, L, nk, eps, rstd)
+            _SERIAL["merge_rows_sumsq"](x, part, R, L, nk, eps, rstd)
             kern["apply_rows"](x, y, R, L, nk, zeros, zeros, rstd, w,
                                empty, mode)
         else:

@@ -254,7 +254,9 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     n = n_a + n_b
     d = mean_b - mean_a
     f = n_b / n
-    return n, mean_a + d * f, m2_a + m2_b + d * d * n_a * f
+    # (d * n_a) first: the first merge (n_a = 0) then adds an exact 0 even
+    # when d * d overflows, instead of inf * 0 = NaN
+    return n, mean_a + d * f, m2_a + m2_b + (d * n_a) * f * d
 
 
 @register_jitable
@@ -326,14 +328,52 @@ def _rstd(m2, n, eps):
     return 1.0 / math.sqrt(m2 / n + eps)
 
 
+# Float64 rows whose deviations exceed ~1e154 overflow their sum of squares
+# (float32/16-bit data cannot: their statistics are float64). Such a row's
+# statistics are taken again of the data scaled by 2**-600, exactly (a power
+# of two), and scaled back; normalization does not depend on the scale
+# (eps, scaled by 2**-1200, vanishes next to such a variance).
+_DOWN = 2.0 ** -600
+
+
 @register_jitable
-def _rrms(sumsq, n, eps):
-    # An Inf in the row (or a float64 row whose squares overflow) would give
-    # 1/sqrt(inf) = 0 and a row of zeros; make the whole row NaN instead,
-    # as LayerNorm's statistics do.
-    if not math.isfinite(sumsq):
+def _rescued_stats(x, lo, hi, k, d, m2, eps):
+    """(d, rstd) for the elements x[lo:hi] with moments (d, m2) about k:
+    the plain result, or for an overflowed M2 of finite data the result of
+    the scaled recomputation (two plain passes, a rare slow path)."""
+    n = hi - lo
+    if not (m2 == np.inf and math.isfinite(d)):
+        return d, _rstd(m2, n, eps)
+    ks = k * _DOWN
+    t = 0.0
+    for i in range(lo, hi):
+        t += _load(x, i) * _DOWN - ks
+    ds = t / n
+    q = 0.0
+    for i in range(lo, hi):
+        v = (_load(x, i) * _DOWN - ks) - ds
+        q += v * v
+    return ds / _DOWN, _DOWN / math.sqrt(q / n + eps * _DOWN * _DOWN)
+
+
+@register_jitable
+def _rrms(x, lo, hi, sumsq, eps):
+    """1/rms of x[lo:hi] given its sum of squares. An Inf in the row would
+    give 1/sqrt(inf) = 0 and a row of zeros; the row is NaN instead, as
+    LayerNorm's statistics make it. An overflowed float64 sum of finite
+    squares is recomputed on scaled data, as in _rescued_stats."""
+    n = hi - lo
+    if math.isfinite(sumsq):
+        return 1.0 / math.sqrt(sumsq / n + eps)
+    if sumsq != np.inf:
         return np.nan
-    return 1.0 / math.sqrt(sumsq / n + eps)
+    q = 0.0
+    for i in range(lo, hi):
+        v = _load(x, i) * _DOWN
+        q += v * v
+    if not math.isfinite(q):
+        return np.nan
+    return _DOWN / math.sqrt(q / n + eps * _DOWN * _DOWN)
 
 
 # ---------------------------------------------------------------------------
@@ -349,7 +389,7 @@ def _row_stats(x, r, L, eps, shift, dmean, rstd):
     lo = r * L
     k = _load(x, lo)
     d, m2 = _span_moments(x, lo, lo + L, k)
-    s = _rstd(m2, L, eps)
+    d, s = _rescued_stats(x, lo, lo + L, k, d, m2, eps)
     shift[r] = k
     dmean[r] = d
     rstd[r] = s
@@ -367,7 +407,7 @@ def layer_norm_rows(x, y, R, L, w, b, mode, eps, shift, dmean, rstd):
 def rms_norm_rows(x, y, R, L, w, mode, eps):
     for r in prange(R):
         lo = r * L
-        s = _rrms(_span_sumsq(x, lo, lo + L), L, eps)
+        s = _rrms(x, lo, lo + L, _span_sumsq(x, lo, lo + L), eps)
         _apply_elementwise(x, y, lo, 0, L, 0.0, 0.0, s, w, w, mode)
 
 
@@ -407,17 +447,17 @@ def merge_rows(x, part, R, L, nk, eps, shift, dmean, rstd):
             c = min(CHUNK, L - j * CHUNK)
             n, d, m2 = _merge(n, d, m2, float(c), part[r * nk + j, 0],
                               part[r * nk + j, 1])
-        shift[r] = _load(x, r * L)
-        dmean[r] = d
-        rstd[r] = _rstd(m2, L, eps)
+        k = _load(x, r * L)
+        shift[r] = k
+        dmean[r], rstd[r] = _rescued_stats(x, r * L, r * L + L, k, d, m2, eps)
 
 
-def merge_rows_sumsq(part, R, L, nk, eps, rstd):
+def merge_rows_sumsq(x, part, R, L, nk, eps, rstd):
     for r in range(R):
         s = 0.0
         for j in range(nk):
             s += part[r * nk + j, 0]
-        rstd[r] = _rrms(s, L, eps)
+        rstd[r] = _rrms(x, r * L, r * L + L, s, eps)
 
 
 def apply_rows(x, y, R, L, nk, shift, dmean, rstd, w, b, mode):
@@ -473,9 +513,28 @@ def merge_columns(x, part, N, C, S, nk, shift, dmean, var):
                 cnt = min(CHUNK, S - j * CHUNK)
                 n, d, m2 = _merge(n, d, m2, float(cnt), part[base + j, 0],
                                   part[base + j, 1])
-        shift[c] = _load(x, c * S)
+        k = _load(x, c * S)
+        shift[c] = k
+        if m2 == np.inf and math.isfinite(d):
+            # float64 data beyond ~1e154: as _rescued_stats, over the
+            # channel's N segments
+            ks = k * _DOWN
+            t = 0.0
+            for i in range(N):
+                for e in range((i * C + c) * S, (i * C + c) * S + S):
+                    t += _load(x, e) * _DOWN - ks
+            ds = t / n
+            q = 0.0
+            for i in range(N):
+                for e in range((i * C + c) * S, (i * C + c) * S + S):
+                    v = (_load(x, e) * _DOWN - ks) - ds
+                    q += v * v
+            d = ds / _DOWN
+            m2 = (q / n) / _DOWN / _DOWN * n
         dmean[c] = d
-        var[c] = m2 / n
+        # a variance beyond float64's range (data beyond ~1e154 can have
+        # one) would give a zero scale and a silently constant output: NaN
+        var[c] = m2 / n if m2 != np.inf else np.nan
 
 
 # Channels-last data: per sample, S positions of C contiguous channels
@@ -594,7 +653,9 @@ def nhwc_merge(x, part, N, S, C, G, B, nb, eps, shift, dmean, rstd):
                                 part[i, 0], part[i, 1])
         shift[r] = _load(x, n * S * C + g * Cg)
         dmean[r] = d
-        rstd[r] = _rstd(m2, cnt, eps)
+        # overflowed M2: NaN rather than a silently zero scale (see merge_columns)
+        rstd[r] = _rstd(m2, cnt, eps) if not (
+            m2 == np.inf and math.isfinite(d)) else np.nan
 
 
 def nhwc_merge_channels(x, part, N, S, C, B, nb, shift, dmean, var):
@@ -611,7 +672,7 @@ def nhwc_merge_channels(x, part, N, S, C, B, nb, shift, dmean, var):
                                 part[i, 0], part[i, 1])
         shift[c] = _load(x, c)
         dmean[c] = d
-        var[c] = m2 / cnt
+        var[c] = m2 / cnt if not (m2 == np.inf and math.isfinite(d)) else np.nan
 
 
 def nhwc_apply(x, y, N, S, C, B, nb, pn, kc, dc, sc, bc):
