@@ -5,8 +5,9 @@ Public functions follow ``torch.nn.functional``: :func:`layer_norm`,
 :func:`rms_norm`. They take and return numpy arrays.
 """
 
-from . import _threading
+from . import _buffers, _threading
 from ._api import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+from ._buffers import set_buffer_cache
 from ._threading import set_threading
 
 _threading.configure()
@@ -38,6 +39,10 @@ def info():
         "threads": numba.get_num_threads() if _threading.parallel_allowed()
         else 1,
         "cpu": _cpu_name(),
+        "buffer_cache": "{:.0f} of {:.0f} MiB held, {:.0f} MiB in use".format(
+            _buffers.cached_bytes()[0] / 2**20,
+            _buffers._state["max_bytes"] / 2**20,
+            _buffers.cached_bytes()[1] / 2**20),
         "cache_dir": numba.config.CACHE_DIR or "(next to the package, __pycache__)",
     }
 
@@ -62,5 +67,6 @@ __all__ = [
     "rms_norm",
     "info",
     "set_threading",
+    "set_buffer_cache",
     "__version__",
 ]

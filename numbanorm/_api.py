@@ -8,7 +8,7 @@ import operator
 import ml_dtypes
 import numpy as np
 
-from . import _dispatch
+from . import _buffers, _dispatch
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 # The dtype the kernels see for each accepted input dtype: float16 and
@@ -144,7 +144,7 @@ def _prepare(x, dt, out):
                 == x.__array_interface__["data"][0]):
         # out partially overlaps x: read from a private copy of x
         x = x.copy()
-    y = np.empty(x.shape, dt) if out is None else out
+    y = _buffers.empty(x.shape, dt) if out is None else out
     if direct:
         kx = x.reshape(-1)
     else:
@@ -179,7 +179,7 @@ def _prepare_channels_last(x, dt, out):
     if xt is None:
         return None
     if out is None:
-        yt = np.empty(xt.shape, dt)
+        yt = _buffers.empty(xt.shape, dt)
         y = np.moveaxis(yt, -1, 1)
     else:
         yt = _channels_last_view(out)

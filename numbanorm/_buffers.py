@@ -1,0 +1,135 @@
+"""A cache of large output buffers for the allocating calls.
+
+A fresh ``np.empty`` of many MiB comes from ``mmap``: the kernel then maps
+and zeroes every page on first write, which costs about as much as the
+normalization itself on a large input (a (64, 512, 768) float32 LayerNorm:
+~20 ms allocating vs ~8 ms into a preallocated ``out=``). Inference loops
+call the same shapes again and again, so, as PyTorch's and onnxruntime's
+allocators do, numbanorm keeps the buffers of results the caller has
+dropped and hands them out again.
+
+A buffer is free when nothing but the cache refers to it: every array
+handed out is a view whose ``base`` is the cached buffer, so while the
+caller holds the result (or any view of it) the buffer's reference count
+says so. Buffers below ``MIN_BYTES`` are left to malloc, which already
+reuses small blocks. The cache holds at most ``max_bytes`` (default 1 GiB,
+or ``NUMBANORM_BUFFER_CACHE`` in bytes; 0 turns it off); see
+:func:`numbanorm.set_buffer_cache`.
+"""
+
+import os
+import sys
+import threading
+
+import numpy as np
+
+MIN_BYTES = 1 << 20
+
+
+def _default_max():
+    v = os.environ.get("NUMBANORM_BUFFER_CACHE", "").strip()
+    if not v:
+        return 1 << 30
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(
+            f"NUMBANORM_BUFFER_CACHE={v!r} is not a number of bytes") from None
+    if n < 0:
+        raise ValueError(f"NUMBANORM_BUFFER_CACHE={v!r} must be >= 0")
+    return n
+
+
+_lock = threading.Lock()
+_cache = []  # 1-d uint8 arrays, most recently used last
+_state = {"max_bytes": _default_max()}
+
+
+
+def _refs(buffers, i):
+    return sys.getrefcount(buffers[i])
+
+
+# What _refs reports for a buffer only the cache holds, measured rather than
+# assumed (how many references the interpreter's own temporaries add
+# differs between Python versions).
+_FREE_REFS = _refs([np.empty(1, np.uint8)], 0)
+
+
+def _is_free(buffers, i):
+    return _refs(buffers, i) == _FREE_REFS
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)``, from the cache when large."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    if nbytes < MIN_BYTES or _state["max_bytes"] == 0:
+        return np.empty(shape, dtype)
+    with _lock:
+        for i in range(len(_cache)):
+            # a buffer at most twice the request, so that a small result
+            # does not pin a large buffer
+            if nbytes <= _cache[i].size <= 2 * nbytes and _is_free(_cache, i):
+                buf = _cache.pop(i)
+                _cache.append(buf)
+                return buf[:nbytes].view(dtype).reshape(shape)
+        if nbytes > _state["max_bytes"]:
+            return np.empty(shape, dtype)
+        if _evict(_state["max_bytes"] - nbytes) > _state["max_bytes"] - nbytes:
+            return np.empty(shape, dtype)  # full of results still in use
+        buf = np.empty(nbytes, np.uint8)
+        _cache.append(buf)
+        return buf.view(dtype).reshape(shape)
+
+
+def _evict(limit):
+    """Drop free buffers, least recently used first, until the cache holds
+    at most ``limit`` bytes (buffers in use stay); returns what it holds."""
+    total = sum(b.size for b in _cache)
+    i = 0
+    while total > limit and i < len(_cache):
+        if _is_free(_cache, i):
+            total -= _cache[i].size
+            del _cache[i]
+        else:
+            i += 1
+    return total
+
+
+def set_buffer_cache(max_bytes):
+    """Set how many bytes of dropped results numbanorm keeps for reuse.
+
+    Parameters
+    ----------
+    max_bytes : int
+        0 turns the cache off and frees its buffers. The default is 1 GiB
+        (or the environment variable ``NUMBANORM_BUFFER_CACHE``).
+
+    Returns
+    -------
+    int
+        The previous setting.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) \
+            or max_bytes < 0:
+        raise ValueError(
+            f"set_buffer_cache: max_bytes must be an int >= 0, got {max_bytes!r}")
+    with _lock:
+        prev = _state["max_bytes"]
+        _state["max_bytes"] = int(max_bytes)
+        _evict(int(max_bytes))
+    return prev
+
+
+def cached_bytes():
+    """(bytes held by the cache, bytes of it in use by live results)."""
+    with _lock:
+        total = sum(b.size for b in _cache)
+        used = 0
+        for i in range(len(_cache)):
+            if not _is_free(_cache, i):
+                used += _cache[i].size
+    return total, used
