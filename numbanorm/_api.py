@@ -41,6 +41,8 @@ def _check_x(x, fn, min_ndim, what):
 
 
 def _check_eps(eps, fn):
+    if type(eps) is float and 0.0 < eps < math.inf:  # the common case, fast
+        return eps
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{fn}: eps must be a real number, got {eps!r}")
     eps = float(eps)
@@ -50,6 +52,9 @@ def _check_eps(eps, fn):
 
 
 def _normalized_shape(normalized_shape, x, fn):
+    if type(normalized_shape) is int and x.ndim and \
+            x.shape[-1] == normalized_shape:  # the common case, fast
+        return (normalized_shape,)
     if isinstance(normalized_shape, (numbers.Integral, np.integer)) and \
             not isinstance(normalized_shape, bool):
         shape = (int(normalized_shape),)
@@ -93,6 +98,13 @@ def _trailing_params(params, shape, fn, dt):
     as a row, so they are not copied when they already have x's dtype (the
     kernels widen them to float64 per element); otherwise both become
     float64 copies. Both share one dtype, to bound the compiled signatures."""
+    if all(p is None or (type(p) is np.ndarray and p.dtype == dt
+                         and p.shape == shape and p.flags.c_contiguous)
+           for _, p in params):  # the common case, fast
+        view = _KERNEL_VIEW[dt]
+        return [None if p is None else
+                (p.reshape(-1) if view is None else p.reshape(-1).view(view))
+                for _, p in params]
     arrays = [None if p is None else _checked_param(p, name, shape, fn,
                                                     "normalized_shape")
               for name, p in params]
@@ -138,6 +150,9 @@ def _prepare(x, dt, out):
     as x is made.
     """
     direct = x.flags.c_contiguous and x.dtype == dt
+    if out is None and direct and _KERNEL_VIEW[dt] is None:  # fast path
+        y = _buffers.empty(x.shape, dt)
+        return y, x.reshape(-1), y.reshape(-1)
     if out is not None and out is not x and direct and \
             np.may_share_memory(out, x) and not (
                 out.__array_interface__["data"][0]
@@ -281,6 +296,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     if x.size:
         k, d, rstd = _dispatch.layer_norm(kx, ky, R, L, w, b,
                                           _affine_mode(w, b), eps)
+        if not return_stats:
+            return y
         mean = k + d
     else:
         mean = rstd = np.full(R, np.nan)

@@ -59,6 +59,10 @@ class _launch:
     __slots__ = ("kern", "held")
 
     def __init__(self, n_elements):
+        if n_elements < PARALLEL_MIN_ELEMENTS:  # tiny calls: no more checks
+            self.held = False
+            self.kern = _SERIAL
+            return
         self.held = use_parallel(n_elements) and _threading.acquire()
         self.kern = _PARALLEL if self.held else _SERIAL
 
@@ -97,6 +101,8 @@ def _split_row_stats(kern, x, R, L, eps):
 
 def _pair(w, b):
     """Absent parameters as empty arrays of the present one's dtype."""
+    if w is not None and b is not None:
+        return w, b
     like = w if w is not None else b
     empty = _EMPTY if like is None else like[:0]
     return (empty if w is None else w), (empty if b is None else b)
