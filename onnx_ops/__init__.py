@@ -17,6 +17,7 @@ graph of basic operators, None for the documented per-op default (see
 from ._builders import make_batch_norm, make_group_norm, make_instance_norm, make_layer_norm, make_rms_norm
 from ._convert import convert
 from ._export import to_onnx
+from ._io import load_model, save_model
 from ._opset import MAX_OPSET, MIN_OPSET, NATIVE_SINCE
 
 __all__ = [
@@ -24,10 +25,12 @@ __all__ = [
     "MIN_OPSET",
     "NATIVE_SINCE",
     "convert",
+    "load_model",
     "make_batch_norm",
     "make_group_norm",
     "make_instance_norm",
     "make_layer_norm",
     "make_rms_norm",
+    "save_model",
     "to_onnx",
 ]

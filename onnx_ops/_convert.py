@@ -88,9 +88,13 @@ def convert(model, target_opset, decompose=None):
     ------
     ValueError
         ``target_opset`` out of range; a model without a default-domain
-        opset; a normalization that must be rewritten but whose input dtype
-        or shape cannot be inferred; or onnx.version_converter failing on the
-        rest of the model (the message includes its error).
+        opset, or with one onnx does not know; a native normalization node
+        without a required input, with a scale, bias or running statistic of
+        the wrong shape, or whose num_groups does not divide the channels
+        (the message names the node, the input and the shapes); a
+        normalization that must be rewritten but whose input dtype or shape
+        cannot be inferred; or onnx.version_converter failing on the rest of
+        the model (the message includes its error).
     TypeError
         ``model`` is not a ModelProto, or ``decompose`` is not a bool or None.
 
@@ -141,7 +145,13 @@ def _default_opset(model):
     versions = [imp.version for imp in model.opset_import if imp.domain in _DEFAULT_DOMAINS]
     if not versions:
         raise ValueError("the model has no default-domain ('' / 'ai.onnx') opset import")
-    return int(versions[0])
+    source = int(versions[0])
+    known = onnx.defs.onnx_opset_version()
+    if not 1 <= source <= known:
+        # onnx.defs would answer with the schemas of its newest opset, silently
+        raise ValueError(
+            f"the model's default-domain opset {source} is unknown to onnx {onnx.__version__} (1..{known})")
+    return source
 
 
 def _tensor_infos(model):

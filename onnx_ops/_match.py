@@ -464,14 +464,22 @@ def read_native(node, index, infos, source_opset):
     op = NATIVE_OPS.get(node.op_type)
     if op is None or node.domain not in _DEFAULT_DOMAINS:
         return None
+    try:
+        schema = onnx.defs.get_schema(node.op_type, source_opset)
+    except onnx.defs.SchemaError:
+        raise ValueError(
+            f"{_where(node)}: the model's opset {source_opset} has no {node.op_type} "
+            "(the model is invalid; onnx.checker.check_model tells more)"
+        ) from None
+    version = schema.since_version
+    if (op == "batch_norm" and version < 9) or (op == "instance_norm" and version < 6):
+        return None  # pre-opset-9 BatchNormalization has other semantics (spatial, is_test)
+    _check_required_inputs(node, schema)
     x = node.input[0]
     info = infos.get(x)
     dtype = None if info is None else info.dtype
     shape = None if info is None else info.shape
     outputs = list(node.output) + [""] * 3
-    version = onnx.defs.get_schema(node.op_type, source_opset).since_version
-    if (op == "batch_norm" and version < 9) or (op == "instance_norm" and version < 6):
-        return None  # pre-opset-9 BatchNormalization has other semantics (spatial, is_test)
     norm = Norm(op, x, outputs[0], dtype, shape, float(get_attr(node, "epsilon", 1e-5)), nodes=[node],
                 source_version=version)
     if op == "layer_norm":
@@ -488,7 +496,10 @@ def read_native(node, index, infos, source_opset):
         norm.k = -axis if axis < 0 else (None if norm.rank is None else norm.rank - axis)
         norm.weight = _operand(index, infos, node.input[1])
     elif op == "group_norm":
-        norm.num_groups = int(get_attr(node, "num_groups"))
+        groups = get_attr(node, "num_groups")
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{_where(node)}: num_groups must be a positive int, got {groups!r}")
+        norm.num_groups = groups
         norm.per_group = version == 18
         norm.weight = _operand(index, infos, node.input[1])
         norm.bias = _operand(index, infos, node.input[2])
@@ -502,9 +513,100 @@ def read_native(node, index, infos, source_opset):
         norm.bias = _operand(index, infos, node.input[2])
         norm.running_mean = _operand(index, infos, node.input[3])
         norm.running_var = _operand(index, infos, node.input[4])
+    _check_operand_shapes(node, schema, norm, infos)
     if op in ("group_norm", "instance_norm", "batch_norm"):
         norm.channels = _channels(norm)
     return norm
+
+
+def _where(node):
+    return f"{node.op_type} node {node.name or '(unnamed)'!r}"
+
+
+def _check_required_inputs(node, schema):
+    """Every input the operator requires is present (a name, not "")."""
+    for i, param in enumerate(schema.inputs[: schema.min_input]):
+        if i >= len(node.input) or not node.input[i]:
+            raise ValueError(
+                f"{_where(node)}: its required input {i} ({param.name}) is missing; "
+                f"{node.op_type}-{schema.since_version} takes {schema.min_input} to {schema.max_input} "
+                f"inputs, the node has {list(node.input)}"
+            )
+
+
+def _operand_shape(value, infos):
+    """The shape of a constant or of a Ref (entries int, str or None), None if unknown."""
+    if isinstance(value, np.ndarray):
+        return value.shape
+    if isinstance(value, Ref):
+        info = infos.get(value.name)
+        return None if info is None else info.shape
+    return None
+
+
+def _dims_agree(have, want):
+    return not (isinstance(have, int) and isinstance(want, int)) or have == want
+
+
+def _check_operand_shapes(node, schema, norm, infos):
+    """Raise if a weight, bias or running statistic cannot have the shape the operator needs.
+
+    Only what is known is checked: a symbolic or unknown dim agrees with
+    anything. The emitters reshape these operands (to (C, 1, ...) or
+    (G, C/G, 1)), so a wrong size would otherwise surface there as a numpy
+    reshape error, or silently as a model that fails when it runs.
+    """
+    named = [(norm.weight, 1), (norm.bias, 2), (norm.running_mean, 3), (norm.running_var, 4)]
+    operands = [(i, value) for value, i in named if value is not None]
+    x_shape = "unknown" if norm.shape is None else tuple(norm.shape)
+
+    def fail(i, shape, expected):
+        raise ValueError(
+            f"{_where(node)}: input {i} ({schema.inputs[i].name}, tensor {node.input[i]!r}) has shape {tuple(shape)}, "
+            f"expected {expected}; input 0 ({node.input[0]!r}) has shape {x_shape}"
+        )
+
+    if norm.op in ("layer_norm", "rms_norm"):
+        axis = int(get_attr(node, "axis", -1))
+        rank = norm.rank
+        if rank is not None and not -rank <= axis < rank:
+            raise ValueError(f"{_where(node)}: axis={axis} is out of range for input 0 of shape {x_shape}")
+        if rank is None:
+            return
+        k = norm.k
+        normalized = tuple(norm.shape[rank - k:])
+        for i, value in operands:
+            shape = _operand_shape(value, infos)
+            if shape is None:
+                continue
+            lead = shape[: max(0, len(shape) - k)]
+            tail = shape[max(0, len(shape) - k):]
+            ok = len(shape) <= rank and all(d == 1 for d in lead if isinstance(d, int))
+            ok = ok and all(d == 1 or _dims_agree(d, w) for d, w in zip(tail, normalized[k - len(tail):]))
+            if not ok:
+                fail(i, shape, f"the normalized shape {normalized} (axis={axis}) or a shape broadcasting to it")
+        return
+
+    channels = norm.shape[1] if norm.rank is not None and norm.rank >= 2 else None
+    channels = channels if isinstance(channels, int) else None
+    if norm.rank is not None and norm.rank < 2:
+        raise ValueError(f"{_where(node)}: input 0 has shape {x_shape}; (N, C, ...) with rank >= 2 is needed")
+    G = norm.num_groups
+    if norm.op == "group_norm" and isinstance(channels, int) and channels % G:
+        raise ValueError(
+            f"{_where(node)}: num_groups={G} does not divide the {channels} channels of input 0 (shape {x_shape})"
+        )
+    # GroupNormalization-18 has one scale and bias per group, the others one per channel.
+    size, unit = (G, "one per group") if norm.per_group else (channels, "one per channel")
+    for i, value in operands:
+        shape = _operand_shape(value, infos)
+        if shape is None:
+            continue
+        want = "C" if size is None else size
+        if len(shape) != 1 or not _dims_agree(shape[0], size):
+            fail(i, shape, f"({want},) ({unit})")
+        if size is None and isinstance(shape[0], int):
+            size = shape[0]  # unknown C: the first known operand fixes it for the others
 
 
 def _channels(norm):
