@@ -84,6 +84,16 @@ def _split_rows(R, L):
     return R / (T * math.ceil(R / T)) < 0.9
 
 
+def _tile_rows(R, L, kern):
+    """Rows per task of the whole-row kernels: up to 16K elements, so that a
+    tile is still in L1/L2 for its output pass, and at least 4 tasks per
+    thread in the parallel build."""
+    tr = max(1, (1 << 14) // L)
+    if kern is _PARALLEL:
+        tr = min(tr, max(1, R // (4 * numba.get_num_threads())))
+    return tr
+
+
 def _n_chunks(L):
     return max(1, -(-L // CHUNK))
 
@@ -118,8 +128,8 @@ def layer_norm(x, y, R, L, w, b, mode, eps):
                                w, b, mode)
         else:
             shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
-            kern["layer_norm_rows"](x, y, R, L, w, b, mode, eps, shift,
-                                    dmean, rstd)
+            kern["layer_norm_rows"](x, y, R, L, _tile_rows(R, L, kern), w, b,
+                                    mode, eps, shift, dmean, rstd)
     return shift, dmean, rstd
 
 
@@ -136,7 +146,8 @@ def rms_norm(x, y, R, L, w, mode, eps):
             kern["apply_rows"](x, y, R, L, nk, zeros, zeros, rstd, w,
                                empty, mode)
         else:
-            kern["rms_norm_rows"](x, y, R, L, w, mode, eps)
+            kern["rms_norm_rows"](x, y, R, L, _tile_rows(R, L, kern), w, mode,
+                                  eps, np.empty(R))
 
 
 def group_norm(x, y, N, C, G, S, w, b, eps):
