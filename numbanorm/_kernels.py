@@ -330,6 +330,21 @@ def _apply_elementwise(x, y, lo, j0, n, k, d, scale, w, b, mode):
 
 
 @register_jitable
+def _apply_scale(x, y, lo, j0, n, scale, w, mode):
+    """RMSNorm's output: y[lo+i] = x[lo+i] * scale [* w[j0+i]] (mode bit 1:
+    weight), without LayerNorm's centering."""
+    xs = x[lo:lo + n]
+    ys = y[lo:lo + n]
+    if mode == 0:
+        for i in range(n):
+            _store(ys, i, _load(xs, i) * scale)
+    else:
+        ws = w[j0:j0 + n]
+        for i in range(n):
+            _store(ys, i, _load(xs, i) * scale * _load(ws, i))
+
+
+@register_jitable
 def _apply_affine(x, y, lo, n, k, d, scale, beta):
     """y = ((x - k) - d) * scale + beta over one segment sharing one
     channel."""
@@ -438,8 +453,7 @@ def rms_norm_rows(x, y, R, L, TR, w, mode, eps, rstd):
             lo = r * L
             rstd[r] = _rrms(x, lo, lo + L, _span_sumsq(x, lo, lo + L), eps)
         for r in range(r0, r1):
-            _apply_elementwise(x, y, r * L, 0, L, 0.0, 0.0, rstd[r], w, w,
-                               mode)
+            _apply_scale(x, y, r * L, 0, L, rstd[r], w, mode)
 
 
 def chunk_moments(x, R, L, nk, P, part):
