@@ -258,6 +258,43 @@ def _affine_mode(w, b):
 # public functions
 
 
+_SMALL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _small_layer_norm(x, L, w, b, eps, out):
+    """The common small call (a few rows: inference on one token or one
+    sample) with the checks it needs and no more, or None when anything is
+    unusual; the general path then validates and explains. A Python-level
+    detour costs more than the kernel on such sizes."""
+    if type(L) is tuple and len(L) == 1:
+        L = L[0]
+    if not (type(x) is np.ndarray and type(L) is int and type(eps) is float
+            and x.dtype in _SMALL_DTYPES and x.flags.c_contiguous
+            and x.ndim and x.shape[-1] == L and 0 < x.size
+            and x.size < _dispatch.PARALLEL_MIN_ELEMENTS
+            and 0.0 < eps < math.inf):
+        return None
+    dt = x.dtype
+    for p in (w, b):
+        if p is not None and not (type(p) is np.ndarray and p.dtype == dt
+                                  and p.shape == (L,) and p.flags.c_contiguous):
+            return None
+    if out is None:
+        y = np.empty(x.shape, dt)
+    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
+          and out.flags.c_contiguous and out.flags.writeable
+          and (out is x or not np.may_share_memory(out, x))
+          and (w is None or not np.may_share_memory(w, out))
+          and (b is None or not np.may_share_memory(b, out))):
+        y = out
+    else:
+        return None
+    R = x.size // L
+    _dispatch.small_layer_norm(x.reshape(-1), y.reshape(-1), R, L, w, b,
+                               (w is not None) | ((b is not None) << 1), eps)
+    return y
+
+
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
                out=None, return_stats=False):
     """Layer normalization over the trailing ``normalized_shape`` dims.
@@ -295,6 +332,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     ``numbanorm._kernels``): float32 results are within a few ulps of a
     float64 computation also for data with a large offset.
     """
+    if not return_stats:
+        y = _small_layer_norm(x, normalized_shape, weight, bias, eps, out)
+        if y is not None:
+            return y
     fn = "layer_norm"
     dt = _check_x(x, fn, 1, "(*, *normalized_shape)")
     shape = _normalized_shape(normalized_shape, x, fn)
