@@ -390,6 +390,9 @@ def to_numpy(y):
         return np.asarray(y)
 
 
+IDLE_SECONDS = 0.2
+
+
 def time_calls(fn, repeat):
     times = []
     pc = time.perf_counter_ns
@@ -448,6 +451,10 @@ def run_case(case, threads, args, have_onnx_ops, have_torch, pbar, only=None):
             entry["error"] = fn
         else:
             try:
+                # let the previous implementation's thread pools (onnxruntime
+                # and PyTorch spin after each call, tbb too) go idle, so that
+                # they do not compete with this one for the cores
+                time.sleep(0 if args.quick else IDLE_SECONDS)
                 repeat, y = pick_repeat(fn, forced)
                 if name == "numbanorm":
                     ref = to_numpy(y).copy()
