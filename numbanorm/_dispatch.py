@@ -7,6 +7,7 @@ speed and never the result.
 """
 
 import math
+import threading
 import types
 
 import numba
@@ -133,13 +134,25 @@ def layer_norm(x, y, R, L, w, b, mode, eps):
     return shift, dmean, rstd
 
 
+_small = threading.local()
+
+
 def small_layer_norm(x, y, R, L, w, b, mode, eps):
     """layer_norm for fewer than PARALLEL_MIN_ELEMENTS elements: the serial
     build, one tile, statistics discarded."""
     if w is None or b is None:
         w, b = _pair(w, b)
-    _SERIAL["layer_norm_rows"](x, y, R, L, R, w, b, mode, eps, np.empty(R),
-                               np.empty(R), np.empty(R))
+    # per-thread scratch for the discarded statistics: three allocations
+    # cost a tenth of such a call
+    scratch = getattr(_small, "stats", None)
+    if scratch is None:
+        scratch = _small.stats = {}
+    stats = scratch.get(R)
+    if stats is None:
+        stats = (np.empty(R), np.empty(R), np.empty(R))
+        if R <= 64:  # a bounded set of small sizes
+            scratch[R] = stats
+    _SERIAL["layer_norm_rows"](x, y, R, L, R, w, b, mode, eps, *stats)
 
 
 def rms_norm(x, y, R, L, w, mode, eps):
