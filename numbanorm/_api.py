@@ -40,6 +40,51 @@ def _check_x(x, fn, min_ndim, what):
     return dt
 
 
+def _check_groups(num_groups, shape, fn):
+    """num_groups as an int > 0 dividing C = shape[1]."""
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
+            num_groups, (numbers.Integral, np.integer)):
+        raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
+    G = int(num_groups)
+    C = shape[1]
+    if G <= 0 or C % G:
+        raise ValueError(
+            f"{fn}: num_groups={G} must be > 0 and divide the number of "
+            f"channels C={C} (x has shape {tuple(shape)})")
+    return G
+
+
+def _check_training(running_mean, running_var, momentum, C, count, shape,
+                    fn):
+    """Training BatchNorm's arguments: running statistics (optional) that
+    can be updated in place, a finite momentum, more than one value per
+    channel."""
+    for name, r in (("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if r is None:
+            continue
+        if not isinstance(r, np.ndarray) or r.dtype.kind != "f":
+            raise TypeError(
+                f"{fn}: {name} must be a float numpy.ndarray (it is "
+                f"updated in place when training=True), got "
+                f"{type(r).__name__}")
+        if r.shape != (C,):
+            raise ValueError(
+                f"{fn}: {name} must have shape ({C},) (one per channel), "
+                f"got shape {r.shape}")
+        if not r.flags.writeable:
+            raise ValueError(f"{fn}: {name} is read-only but training=True "
+                             "updates it in place")
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(
+            momentum, numbers.Real) or not math.isfinite(momentum):
+        raise ValueError(f"{fn}: momentum must be a finite real number, "
+                         f"got {momentum!r}")
+    if count <= 1:
+        raise ValueError(
+            f"{fn}: training needs more than 1 value per channel, x has "
+            f"shape {tuple(shape)}")
+
+
 def _check_eps(eps, fn):
     if type(eps) is float and 0.0 < eps < math.inf:  # the common case, fast
         return eps
@@ -430,15 +475,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None,
     """
     fn = "group_norm"
     dt = _check_x(x, fn, 2, "(N, C, *spatial)")
-    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
-            num_groups, (numbers.Integral, np.integer)):
-        raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
-    G = int(num_groups)
-    C = x.shape[1]
-    if G <= 0 or C % G:
-        raise ValueError(
-            f"{fn}: num_groups={G} must be > 0 and divide the number of "
-            f"channels C={C} (x has shape {x.shape})")
+    G = _check_groups(num_groups, x.shape, fn)
     return _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats)
 
 
@@ -493,30 +530,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
     eps = _check_eps(eps, fn)
     training = bool(training)
     if training:
-        for name, r in (("running_mean", running_mean),
-                        ("running_var", running_var)):
-            if r is None:
-                continue
-            if not isinstance(r, np.ndarray) or r.dtype.kind != "f":
-                raise TypeError(
-                    f"{fn}: {name} must be a float numpy.ndarray (it is "
-                    f"updated in place when training=True), got "
-                    f"{type(r).__name__}")
-            if r.shape != (C,):
-                raise ValueError(
-                    f"{fn}: {name} must have shape ({C},) (one per channel), "
-                    f"got shape {r.shape}")
-            if not r.flags.writeable:
-                raise ValueError(f"{fn}: {name} is read-only but training=True "
-                                 "updates it in place")
-        if isinstance(momentum, (bool, np.bool_)) or not isinstance(
-                momentum, numbers.Real) or not math.isfinite(momentum):
-            raise ValueError(f"{fn}: momentum must be a finite real number, "
-                             f"got {momentum!r}")
-        if N * S <= 1:
-            raise ValueError(
-                f"{fn}: training needs more than 1 value per channel, x has "
-                f"shape {x.shape}")
+        _check_training(running_mean, running_var, momentum, C, N * S,
+                        x.shape, fn)
         rm = rv = None
     else:
         if running_mean is None or running_var is None:

@@ -503,15 +503,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *,
     """
     fn = "group_norm"
     dt = _check_x(x, fn, 2, "(N, C, *spatial)")
-    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
-            num_groups, (numbers.Integral, np.integer)):
-        raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
-    G = int(num_groups)
-    C = x.shape[1]
-    if G <= 0 or C % G:
-        raise ValueError(
-            f"{fn}: num_groups={G} must be > 0 and divide the number of "
-            f"channels C={C} (x has shape {x.shape})")
+    G = _api._check_groups(num_groups, x.shape, fn)
     return _channel_norm(fn, x, dt, G, weight, bias, eps, return_stats)
 
 
@@ -542,22 +534,6 @@ def instance_norm(x, weight=None, bias=None, eps=1e-5, *, return_stats=False):
     dt = _check_x(x, fn, 3, "(N, C, *spatial) with at least one spatial dim")
     return _channel_norm(fn, x, dt, x.shape[1], weight, bias, eps,
                          return_stats)
-
-
-def _check_running(r, name, C, fn):
-    if r is None:
-        return
-    if not isinstance(r, np.ndarray) or r.dtype.kind != "f":
-        raise TypeError(
-            f"{fn}: {name} must be a float numpy.ndarray (it is updated in "
-            f"place when training=True), got {type(r).__name__}")
-    if r.shape != (C,):
-        raise ValueError(
-            f"{fn}: {name} must have shape ({C},) (one per channel), got "
-            f"shape {r.shape}")
-    if not r.flags.writeable:
-        raise ValueError(f"{fn}: {name} is read-only but training=True "
-                         "updates it in place")
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None,
@@ -643,16 +619,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
                     [(rm, (1,)), (rv, (1,)), (w, (1,)), (b, (1,))],
                     _meta(x.ndim, dt), eps=eps, threads=threads)
 
-    _check_running(running_mean, "running_mean", C, fn)
-    _check_running(running_var, "running_var", C, fn)
-    if isinstance(momentum, (bool, np.bool_)) or not isinstance(
-            momentum, numbers.Real) or not math.isfinite(momentum):
-        raise ValueError(f"{fn}: momentum must be a finite real number, "
-                         f"got {momentum!r}")
-    if N * S <= 1:
-        raise ValueError(
-            f"{fn}: training needs more than 1 value per channel, x has "
-            f"shape {x.shape}")
+    _api._check_training(running_mean, running_var, momentum, C, N * S,
+                         x.shape, fn)
     stats = _batch_moments(x, threads)
     if running_mean is not None or running_var is not None:
         (st,) = dask.compute(stats)
