@@ -21,6 +21,7 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+from onnx_ops._opset import NATIVE_OP_TYPE
 
 from . import _accuracy, _api, _reference
 
@@ -68,13 +69,6 @@ FORMS = {
 
 RUNTIMES = ("onnxruntime", "onnx.reference")
 
-NATIVE_OP_TYPE = {
-    "layer_norm": "LayerNormalization",
-    "group_norm": "GroupNormalization",
-    "instance_norm": "InstanceNormalization",
-    "batch_norm": "BatchNormalization",
-    "rms_norm": "RMSNormalization",
-}
 
 # Known causes of a peer being off, by (runtime, op, form), as measured by
 # benchmarks/onnx_support_table.py and by this check's own offset rows.
