@@ -109,6 +109,55 @@ def _f16_as_f64(typingctx, v):
     return sig, codegen
 
 
+@intrinsic
+def _f32_as_u32(typingctx, v):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return sig, codegen
+
+
+@intrinsic
+def _u32_as_f32(typingctx, v):
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return sig, codegen
+
+
+@intrinsic
+def _f32_bits_to_f16_bits(typingctx, v):
+    """float32 bits -> float16 bits, rounded to nearest even (vcvtps2ph
+    with F16C)."""
+    sig = types.uint16(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        f = builder.bitcast(args[0], ir.FloatType())
+        h = builder.fptrunc(f, ir.HalfType())
+        return builder.bitcast(h, ir.IntType(16))
+    return sig, codegen
+
+
+@register_jitable
+def _f64_to_f32_odd(v):
+    """float32 bits of v rounded to odd: toward zero, with the last bit
+    set when inexact. Rounding that once more to a format with fewer than
+    22 mantissa bits (float16, bfloat16), to nearest even, gives v rounded
+    to nearest even directly: no double-rounding error. Vectorizes, unlike
+    the integer encoding."""
+    f = np.float32(v)  # to nearest even
+    u = _f32_as_u32(f)
+    back = np.float64(f)
+    if abs(back) > abs(v):  # rounded away from zero (up to inf): step back
+        u -= np.uint32(1)
+        back = np.float64(_u32_as_f32(u))
+    if back != v and v == v:
+        u |= np.uint32(1)
+    return u
+
+
 def _host_has_f16c():
     try:
         import llvmlite.binding as llvm
@@ -200,13 +249,25 @@ def _ov_load(a, i):
 @overload(_store, inline="always")
 def _ov_store(a, i, v):
     if a.dtype == types.uint16:
+        if _F16C:
+            def impl(a, i, v):
+                a[i] = _f32_bits_to_f16_bits(_f64_to_f32_odd(v))
+            return impl
+
         def impl(a, i, v):
             a[i] = _f64_to_bits(v, 10, 15)
         return impl
     if a.dtype == types.int16:
         def impl(a, i, v):
-            u = np.int32(_f64_to_bits(v, 7, 127))
-            a[i] = np.int16(u - ((u >> 15) << 16))  # same bits, signed
+            # bfloat16 is float32's upper half: round the odd-rounded
+            # float32 to nearest even there (NaN kept quiet)
+            u = _f64_to_f32_odd(v)
+            quiet = (u >> np.uint32(16)) | np.uint32(0x40)
+            even = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
+                >> np.uint32(16)
+            # a select without branches (it is inlined into every loop)
+            r = even + np.uint32(v != v) * (quiet - even)
+            a[i] = np.int16(np.int32(r) - ((np.int32(r) >> 15) << 16))
         return impl
 
     def impl(a, i, v):
