@@ -677,11 +677,13 @@ def merge_columns(x, part, N, C, S, nk, shift, dmean, var):
                     v = (_load(x, e) * _DOWN - ks) - ds
                     q += v * v
             d = ds / _DOWN
-            m2 = (q / n) / _DOWN / _DOWN * n
+            vc = (q / n) / _DOWN / _DOWN  # the variance; n * it may overflow
+        else:
+            vc = m2 / n
         dmean[c] = d
         # a variance beyond float64's range (data beyond ~1e154 can have
         # one) would give a zero scale and a silently constant output: NaN
-        var[c] = m2 / n if m2 != np.inf else np.nan
+        var[c] = vc if vc != np.inf else np.nan
 
 
 # Channels-last data: per sample, S positions of C contiguous channels
