@@ -28,7 +28,17 @@ _KERNEL_VIEW = {
 def _check_x(x, fn, min_ndim, what):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{fn}: x must be a numpy.ndarray, got {type(x).__name__}")
-    dt = x.dtype.newbyteorder("=") if x.dtype.byteorder not in "=|" else x.dtype
+    return _check_dtype_ndim(x, fn, min_ndim, what)
+
+
+def _native(dt):
+    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+
+
+def _check_dtype_ndim(x, fn, min_ndim, what):
+    """x's dtype in native byte order, if supported, and its rank (x: any
+    array-like with .dtype, .ndim and .shape, numpy or Dask)."""
+    dt = _native(x.dtype)
     if dt not in _KERNEL_VIEW:
         raise TypeError(
             f"{fn}: x has dtype {x.dtype}; supported: float32, float64, "

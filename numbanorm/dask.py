@@ -72,10 +72,6 @@ _MOMENTS = np.dtype([("n", "f8"), ("k", "f8"), ("d", "f8"), ("m2", "f8")])
 # validation and chunking
 
 
-def _native(dt):
-    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
-
-
 def _check_x(x, fn, min_ndim, what):
     if not isinstance(x, da.Array):
         raise TypeError(
@@ -85,16 +81,7 @@ def _check_x(x, fn, min_ndim, what):
         raise ValueError(
             f"{fn}: x has unknown chunk sizes (shape {x.shape}); call "
             "x.compute_chunk_sizes() first")
-    dt = _native(x.dtype)
-    if dt not in _api._KERNEL_VIEW:
-        raise TypeError(
-            f"{fn}: x has dtype {x.dtype}; supported: float32, float64, "
-            "float16, bfloat16")
-    if x.ndim < min_ndim:
-        raise ValueError(
-            f"{fn}: x must have shape {what} (at least {min_ndim} dims), "
-            f"got shape {x.shape}")
-    return dt
+    return _api._check_dtype_ndim(x, fn, min_ndim, what)
 
 
 def _param(p, name, shape, fn, what):
@@ -209,7 +196,7 @@ def _batch_norm_eval_block(xb, rmb, rvb, wb, bb, *, eps, threads):
 def _kernel_view(xb):
     """A block as the flat C-contiguous buffer the kernels read (float16
     and bfloat16 as their bit patterns, see _api._KERNEL_VIEW)."""
-    dt = _native(xb.dtype)
+    dt = _api._native(xb.dtype)
     flat = np.ascontiguousarray(xb, dtype=dt).reshape(-1)
     view = _api._KERNEL_VIEW[dt]
     return flat if view is None else flat.view(view)
@@ -306,7 +293,7 @@ def _batch_norm_train_block(xb, st, wb, bb, *, eps, threads):
         scale = scale * np.asarray(wb, np.float64)
     beta = np.zeros(xb.shape[1]) if bb is None else \
         np.ascontiguousarray(bb, np.float64)
-    dt = _native(xb.dtype)
+    dt = _api._native(xb.dtype)
     y, kx, ky = _api._prepare(xb, dt, None)
     if xb.size:
         N, C = xb.shape[:2]
