@@ -20,11 +20,11 @@ from onnx import helper
 
 from . import _emit, _opset
 from ._graph import Scope, collect_tensor_infos, graph_names, iter_graphs, unique_scope
-from ._match import PATTERNS, GraphIndex, read_native
+from ._match import GraphIndex, claim_patterns, read_native
 from ._versions import convert_rest
+from ._opset import DEFAULT_DOMAINS as _DEFAULT_DOMAINS
 
 _PENDING_DOMAIN = "onnx_ops.pending"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def convert(model, target_opset, decompose=None):
@@ -210,19 +210,11 @@ def _check_emittable(norm, target):
 
 def _plan(graph, infos, source, target, decompose, taken, pending, removed_inputs, removed_outputs):
     index = GraphIndex(graph)
-    claimed = set()
-    found = []
-    for op, matcher in PATTERNS.items():
-        for node in graph.node:
-            if id(node) in claimed or node.domain not in _DEFAULT_DOMAINS:
-                continue
-            norm = matcher(node, index, infos)
-            if norm is None or any(id(n) in claimed for n in norm.nodes):
-                continue
-            if _form(op, target, norm.dtype, decompose) != _opset.NATIVE:
-                continue  # patterns are only fused; otherwise they stay as found
-            claimed.update(id(n) for n in norm.nodes)
-            found.append((norm, _opset.NATIVE))
+    # patterns are only fused; otherwise they stay as found
+    claimed, patterns = claim_patterns(
+        graph, index, infos,
+        keep=lambda op, norm: _form(op, target, norm.dtype, decompose) == _opset.NATIVE)
+    found = [(norm, _opset.NATIVE) for _, norm in patterns]
     for node in graph.node:
         if id(node) in claimed:
             continue

@@ -193,7 +193,7 @@ def collect_tensor_infos(graph, infos=None):
     for t in graph.initializer:
         infos[t.name] = TensorInfo(helper.tensor_dtype_to_np_dtype(t.data_type), list(t.dims), t.data_type)
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Constant" and node.domain in _opset.DEFAULT_DOMAINS:
             for attr in node.attribute:
                 if attr.name == "value":
                     infos[node.output[0]] = TensorInfo(

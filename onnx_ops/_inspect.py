@@ -9,10 +9,10 @@ import onnx
 
 from ._convert import _default_opset, _tensor_infos
 from ._graph import iter_graphs
-from ._match import PATTERNS, GraphIndex, read_native
+from ._match import GraphIndex, claim_patterns, read_native
 from ._opset import NATIVE_OP_TYPE
+from ._opset import DEFAULT_DOMAINS as _DEFAULT_DOMAINS
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def tensor_infos(model):
@@ -72,17 +72,8 @@ def find_normalizations(model, infos=None):
     graph = model.graph
     index = GraphIndex(graph)
     position = {id(node): i for i, node in enumerate(graph.node)}
-    claimed = set()
-    found = []
-    for matcher in PATTERNS.values():
-        for node in graph.node:
-            if id(node) in claimed or node.domain not in _DEFAULT_DOMAINS:
-                continue
-            norm = matcher(node, index, infos)
-            if norm is None or any(id(n) in claimed for n in norm.nodes):
-                continue
-            claimed.update(id(n) for n in norm.nodes)
-            found.append((norm, "pattern"))
+    claimed, patterns = claim_patterns(graph, index, infos)
+    found = [(norm, "pattern") for _, norm in patterns]
     for node in graph.node:
         if id(node) in claimed:
             continue

@@ -15,9 +15,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from ._opset import MAX_OPSET, MIN_OPSET
+from ._opset import DEFAULT_DOMAINS as _DEFAULT_DOMAINS, MAX_OPSET, MIN_OPSET
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 # protobuf cannot serialize a message of 2 GiB or more.
 _MAX_PROTO_BYTES = 2**31 - 1
 

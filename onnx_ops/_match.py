@@ -19,8 +19,8 @@ from onnx import helper, numpy_helper
 from . import _opset
 from ._emit import Ref
 from ._graph import iter_graphs
+from ._opset import DEFAULT_DOMAINS as _DEFAULT_DOMAINS
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass
@@ -437,6 +437,30 @@ PATTERNS = {
     "group_norm": match_group_norm,
     "rms_norm": match_rms_norm,
 }
+
+
+def claim_patterns(graph, index, infos, keep=None):
+    """The decomposed patterns of ``graph``, no two sharing a node.
+
+    Matchers are tried in ``PATTERNS`` order over the nodes; a match that
+    overlaps one already claimed, or that ``keep(op, norm)`` declines, is
+    skipped. Returns ``(claimed, found)``: the ids of the claimed nodes and
+    the list of ``(op, norm)``.
+    """
+    claimed = set()
+    found = []
+    for op, matcher in PATTERNS.items():
+        for node in graph.node:
+            if id(node) in claimed or node.domain not in _DEFAULT_DOMAINS:
+                continue
+            norm = matcher(node, index, infos)
+            if norm is None or any(id(n) in claimed for n in norm.nodes):
+                continue
+            if keep is not None and not keep(op, norm):
+                continue
+            claimed.update(id(n) for n in norm.nodes)
+            found.append((op, norm))
+    return claimed, found
 
 
 # ------------------------------------------------------------ native nodes

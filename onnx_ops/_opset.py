@@ -27,6 +27,9 @@ NATIVE_SINCE = {
     "rms_norm": 23,  # RMSNormalization-23
 }
 
+# The default ONNX domain, under both of its names.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
 NATIVE_OP_TYPE = {
     "layer_norm": "LayerNormalization",
     "group_norm": "GroupNormalization",

@@ -14,9 +14,9 @@ import onnx
 from onnx import helper
 
 from ._graph import iter_graphs
+from ._opset import DEFAULT_DOMAINS as _DEFAULT_DOMAINS
 
 _HIDDEN_DOMAIN = "onnx_ops.restamped"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # Operator versions (since_version) whose change from the previous version is
 # registered as a CompatibleAdapter in onnx/version_converter/convert.h (the
