@@ -255,6 +255,19 @@ def instance_norm_native(s, x, dtype, channels, weight, bias, eps, output):
     return output
 
 
+def _per_channel_output(s, x, centered, scale, bias, ct, pshape, rank, dtype, output):
+    """centered * scale [+ bias] in the per-channel view (parameters of shape
+    ``pshape``), back to x's shape when the view flattened it (unknown rank),
+    cast back to x's dtype into ``output``."""
+    y = s.node("Mul", [centered, scale], hint="normalized")
+    if bias is not None:
+        y = s.node("Add", [y, operand(s, bias, ct, pshape, "bias")], hint="affine")
+    if rank is None:
+        y = s.node("Reshape", [y, s.node("Shape", [x], hint="x_shape")], hint="unflat")
+    s.finish(s.cast(y, ct, dtype, hint="y_cast"), output)
+    return output
+
+
 def instance_norm_decomposed(s, x, dtype, rank, weight, bias, eps, output):
     """Shifted two-pass instance norm from basic ops (statistics over axes 2..r-1)."""
     ct = _opset.compute_dtype(dtype)
@@ -264,13 +277,7 @@ def instance_norm_decomposed(s, x, dtype, rank, weight, bias, eps, output):
     scale = rstd
     if weight is not None:
         scale = s.node("Mul", [rstd, operand(s, weight, ct, pshape, "weight")], hint="scale")
-    y = s.node("Mul", [d, scale], hint="normalized")
-    if bias is not None:
-        y = s.node("Add", [y, operand(s, bias, ct, pshape, "bias")], hint="affine")
-    if rank is None:
-        y = s.node("Reshape", [y, s.node("Shape", [x], hint="x_shape")], hint="unflat")
-    s.finish(s.cast(y, ct, dtype, hint="y_cast"), output)
-    return output
+    return _per_channel_output(s, x, d, scale, bias, ct, pshape, rank, dtype, output)
 
 
 # ---------------------------------------------------------------- batch_norm
@@ -333,13 +340,7 @@ def batch_norm_decomposed(s, x, dtype, rank, running_mean, running_var, weight, 
         if weight is not None:
             scale = s.node("Mul", [scale, operand(s, weight, ct, pshape, "weight")], hint="scale")
     centered = s.node("Sub", [view, operand(s, running_mean, ct, pshape, "running_mean")], hint="centered")
-    y = s.node("Mul", [centered, scale], hint="normalized")
-    if bias is not None:
-        y = s.node("Add", [y, operand(s, bias, ct, pshape, "bias")], hint="affine")
-    if rank is None:
-        y = s.node("Reshape", [y, s.node("Shape", [x], hint="x_shape")], hint="unflat")
-    s.finish(s.cast(y, ct, dtype, hint="y_cast"), output)
-    return output
+    return _per_channel_output(s, x, centered, scale, bias, ct, pshape, rank, dtype, output)
 
 
 # ------------------------------------------------------------------ rms_norm
