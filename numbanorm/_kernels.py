@@ -49,22 +49,20 @@ CHUNK = 4096
 # float16 / bfloat16 bit patterns <-> float64
 
 
-@intrinsic
-def _f64_as_u64(typingctx, v):
-    sig = types.uint64(types.float64)
+def _bitcast(src, dst, ll_dst):
+    """An intrinsic reinterpreting the bits of a ``src`` value as ``dst``."""
+    @intrinsic
+    def cast(typingctx, v):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ll_dst)
+        return dst(src), codegen
+    return cast
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-    return sig, codegen
 
-
-@intrinsic
-def _u64_as_f64(typingctx, v):
-    sig = types.float64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return sig, codegen
+_f64_as_u64 = _bitcast(types.float64, types.uint64, ir.IntType(64))
+_u64_as_f64 = _bitcast(types.uint64, types.float64, ir.DoubleType())
+_f32_as_u32 = _bitcast(types.float32, types.uint32, ir.IntType(32))
+_u32_as_f32 = _bitcast(types.uint32, types.float32, ir.FloatType())
 
 
 @intrinsic
@@ -106,24 +104,6 @@ def _f16_as_f64(typingctx, v):
     def codegen(context, builder, signature, args):
         h = builder.bitcast(args[0], ir.HalfType())
         return builder.fpext(h, ir.DoubleType())
-    return sig, codegen
-
-
-@intrinsic
-def _f32_as_u32(typingctx, v):
-    sig = types.uint32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return sig, codegen
-
-
-@intrinsic
-def _u32_as_f32(typingctx, v):
-    sig = types.float32(types.uint32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
     return sig, codegen
 
 
