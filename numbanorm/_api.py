@@ -167,21 +167,23 @@ def _trailing_params(params, shape, fn, dt, rows):
     if all(p is None or (type(p) is np.ndarray and p.dtype == dt
                          and p.shape == shape and p.flags.c_contiguous)
            for _, p in params):  # the common case, fast
-        view = _KERNEL_VIEW[dt]
-        return [None if p is None else
-                (p.reshape(-1) if view is None else p.reshape(-1).view(view))
-                for _, p in params]
+        return [None if p is None else _flat(p, dt) for _, p in params]
     arrays = [None if p is None else _checked_param(p, name, shape, fn,
                                                     "normalized_shape")
               for name, p in params]
     given = [a for a in arrays if a is not None]
     if given and all(a.dtype == dt and a.flags.c_contiguous for a in given):
-        view = _KERNEL_VIEW[dt]
-        return [None if a is None else
-                (a.reshape(-1) if view is None else a.reshape(-1).view(view))
-                for a in arrays]
+        return [None if a is None else _flat(a, dt) for a in arrays]
     return [None if a is None else np.ascontiguousarray(a, np.float64).reshape(-1)
             for a in arrays]
+
+
+def _flat(a, dt):
+    """A C-contiguous array of dtype dt as the flat buffer the kernels take
+    (float16/bfloat16 as their bit patterns)."""
+    flat = a.reshape(-1)
+    view = _KERNEL_VIEW[dt]
+    return flat if view is None else flat.view(view)
 
 
 def _check_out(out, x, dt, fn, channels_last_ok=False):
@@ -226,17 +228,11 @@ def _prepare(x, dt, out):
         # out partially overlaps x: read from a private copy of x
         x = x.copy()
     y = _buffers.empty(x.shape, dt) if out is None else out
+    ky = _flat(y, dt)
     if direct:
-        kx = x.reshape(-1)
-    else:
-        np.copyto(y, x, casting="unsafe")
-        kx = None
-    ky = y.reshape(-1)
-    view = _KERNEL_VIEW[dt]
-    if view is not None:
-        ky = ky.view(view)
-        kx = kx.view(view) if kx is not None else None
-    return y, (ky if kx is None else kx), ky
+        return y, _flat(x, dt), ky
+    np.copyto(y, x, casting="unsafe")
+    return y, ky, ky
 
 
 def _channels_last_view(a):
@@ -272,11 +268,7 @@ def _prepare_channels_last(x, dt, out):
                 == x.__array_interface__["data"][0]
                 and out.strides == x.strides):
             xt = xt.copy()  # partial overlap: read from a private copy
-    view = _KERNEL_VIEW[dt]
-    kx, ky = xt.reshape(-1), yt.reshape(-1)
-    if view is not None:
-        kx, ky = kx.view(view), ky.view(view)
-    return y, kx, ky
+    return y, _flat(xt, dt), _flat(yt, dt)
 
 
 def _unaliased(params, out):

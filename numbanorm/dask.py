@@ -197,9 +197,7 @@ def _kernel_view(xb):
     """A block as the flat C-contiguous buffer the kernels read (float16
     and bfloat16 as their bit patterns, see _api._KERNEL_VIEW)."""
     dt = _api._native(xb.dtype)
-    flat = np.ascontiguousarray(xb, dtype=dt).reshape(-1)
-    view = _api._KERNEL_VIEW[dt]
-    return flat if view is None else flat.view(view)
+    return _api._flat(np.ascontiguousarray(xb, dtype=dt), dt)
 
 
 def _channel_moments(xb):
