@@ -29,6 +29,7 @@ def info():
         # numba starts its threading layer at the first parallel launch
         _dispatch.affine(numpy.zeros(1 << 16, numpy.float32),
                          numpy.zeros(1 << 16, numpy.float32), 1.0, 0.0)
+    held, in_use = _buffers.cached_bytes()
     return {
         "numbanorm": __version__,
         "numba": numba.__version__,
@@ -40,9 +41,7 @@ def info():
         else 1,
         "cpu": _cpu_name(),
         "buffer_cache": "{:.0f} of {:.0f} MiB held, {:.0f} MiB in use".format(
-            _buffers.cached_bytes()[0] / 2**20,
-            _buffers._state["max_bytes"] / 2**20,
-            _buffers.cached_bytes()[1] / 2**20),
+            held / 2**20, _buffers._state["max_bytes"] / 2**20, in_use / 2**20),
         "cache_dir": numba.config.CACHE_DIR or "(next to the package, __pycache__)",
     }
 
