@@ -204,12 +204,10 @@ def _group_norm_split(kern, x, y, N, C, G, S, w, b, eps):
     return shift, dmean, rstd
 
 
-def _centering(x, shift, dmean):
-    """nhwc_apply's (kc, dc): the mean as one number for 32- and 16-bit
-    data, (shift, mean - shift) for float64."""
-    if x.dtype == np.float64:
-        return shift, dmean
-    return shift + dmean, _EMPTY
+def _folded(dmean, scale, beta):
+    """nhwc_apply's constant term beta - dmean*scale (see
+    _kernels._apply_elementwise)."""
+    return beta - dmean * scale
 
 
 def _nhwc_block_size(N, S, C):
@@ -240,8 +238,8 @@ def group_norm_nhwc(x, y, N, C, G, S, w, b, eps):
         scale = (rstd.reshape(N, G)[:, g_of_c] * w).reshape(-1)
         beta = np.ascontiguousarray(np.broadcast_to(b, (N, C))).reshape(-1)
         kern["nhwc_apply"](x, y, N, S, C, B, nb, C,
-                           *_centering(x, per_channel(shift), per_channel(dmean)),
-                           scale, beta)
+                           per_channel(shift), scale,
+                           _folded(per_channel(dmean), scale, beta))
     return shift, dmean, rstd
 
 
@@ -262,7 +260,7 @@ def affine_nhwc(x, y, N, C, S, shift, dmean, scale, beta):
     B = _nhwc_block_size(N, S, C)
     with _launch(N * C * S) as kern:
         kern["nhwc_apply"](x, y, N, S, C, B, -(-S // B), 0,
-                           *_centering(x, shift, dmean), scale, beta)
+                           shift, scale, _folded(dmean, scale, beta))
 
 
 def batch_norm_stats(x, N, C, S):
