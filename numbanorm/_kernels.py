@@ -266,9 +266,8 @@ def _ov_store(a, i, v):
 # code, the same in the serial and the parallel builds, and no other
 # expression (e.g. (x - k) - d) may be rearranged into a cancelling form.
 # 'contract' lets q += v * v become one fused multiply-add (one rounding
-# instead of two, and 1.3x faster: the float32 -> float64 conversions and
-# the adds share the same ports). No 'nnan'/'ninf', so NaN and Inf
-# propagate.
+# instead of two; measured 0.143 -> 0.109 ns per float32 element on one
+# thread). No 'nnan'/'ninf', so NaN and Inf propagate.
 _REDUCE = dict(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
 
 
@@ -393,13 +392,14 @@ def _apply_elementwise(x, y, lo, j0, n, k, d, scale, w, b, mode):
     that each loop stays a plain vectorizable stream; slices make every
     index start at 0 (no negative-index wraparound checks in the loop).
 
-    ((x - k) - d) * scale is computed as fma(x - k, scale, c), c = -d*scale:
-    x - k stays exact (the shift keeps the offset out, and a constant row
-    still gives exactly 0), and rounding c costs at most 2**-53 * |d*scale|
-    where |d*scale| = |k - mean| / std <= sqrt(L), far below the output's
-    rounding. It saves one float64 operation per element in a pass whose
-    cost is its arithmetic (the conversions to and from float64 and the
-    operations share the same ports).
+    Except with a bias alone (modes 0, 1, 3), ((x - k) - d) * scale is computed
+    as fma(x - k, scale, c), c = -d*scale: x - k stays exact (the shift
+    keeps the offset out, and a constant row still gives exactly 0), and
+    rounding c costs at most 2**-53 * |d*scale| where |d*scale| =
+    |k - mean| / std <= sqrt(L), far below the output's rounding. It saves
+    one float64 operation per element (measured on one thread, float32 in
+    cache: 0.188 -> 0.140 ns per element without weight and bias); mode 2
+    already takes one operation per term as fma((x - k) - d, scale, b).
     """
     xs = x[lo:lo + n]
     ys = y[lo:lo + n]
