@@ -85,19 +85,43 @@ def _split_rows(R, L):
     return R / (T * math.ceil(R / T)) < 0.9
 
 
-def _tile_rows(R, L, kern):
+def _tile_rows(R, L, kern, nbytes=None):
     """Rows per task of the whole-row kernels, so that a tile is still in
     cache for its output pass, and at least 4 tasks per thread in the
-    parallel build. Rows of up to 1024 elements go in tiles of ~1K
-    elements, longer rows in tiles of up to 16K: measured on data that does
-    not fit the caches (2**25 float32 elements, 2 threads, interleaved
-    runs), ~1K tiles take 0.76-0.86x the time of 16K tiles for L = 64..1024
-    and are even with them in cache, but a row at a time is 1.16x slower at
-    L = 2048."""
-    tr = max(1, (1 << 10) // L) if L <= (1 << 10) else max(1, (1 << 14) // L)
+    parallel build. Measured on 2 threads, interleaved runs:
+
+    * layer_norm_rows (rows of more than SHORT_ROW elements, and RMSNorm):
+      rows of up to 1024 elements in tiles of ~1K elements, longer rows in
+      tiles of up to 16K. On data that does not fit the caches (2**25
+      float32 elements) ~1K tiles took 0.76-0.86x the time of 16K tiles for
+      L = 64..1024 and were even with them in cache, but a row at a time
+      was 1.16x slower at L = 2048.
+    * short_rows (LayerNorm, L <= SHORT_ROW; nbytes = x.nbytes): tiles of
+      ~4K elements when x is at most IN_CACHE_BYTES, else ~1K. Its cost per
+      tile (two calls) favours long tiles in cache ((8, 128, 768): 4K tiles
+      0.91x the time of layer_norm_rows, 1K tiles 1.03x), but out of cache
+      tiles of several rows of 768 or 1024 elements were 1.2-1.4x slower
+      than one row per tile, while 64- and 256-element rows gain either way
+      (0.66x and 0.85x with ~1K tiles)."""
+    if nbytes is not None and L <= K.SHORT_ROW:
+        tr = max(1, (4096 if nbytes <= IN_CACHE_BYTES else 1024) // L)
+    elif L <= (1 << 10):
+        tr = max(1, (1 << 10) // L)
+    else:
+        tr = max(1, (1 << 14) // L)
     if kern is _PARALLEL:
         tr = min(tr, max(1, R // (4 * numba.get_num_threads())))
     return tr
+
+
+# Inputs up to this size are taken to stay in the caches between a tile's
+# statistics and its output pass (x and y: 16 MiB, half of this machine's
+# 32 MiB L3); see _tile_rows.
+IN_CACHE_BYTES = 8 << 20
+
+
+def _rows_kernel(L):
+    return "short_rows" if L <= K.SHORT_ROW else "layer_norm_rows"
 
 
 def _n_chunks(L):
@@ -134,8 +158,9 @@ def layer_norm(x, y, R, L, w, b, mode, eps):
                                w, b, mode)
         else:
             shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
-            kern["layer_norm_rows"](x, y, R, L, _tile_rows(R, L, kern), w, b,
-                                    mode, eps, shift, dmean, rstd)
+            kern[_rows_kernel(L)](x, y, R, L,
+                                  _tile_rows(R, L, kern, x.nbytes), w, b,
+                                  mode, eps, shift, dmean, rstd)
     return shift, dmean, rstd
 
 
@@ -157,7 +182,7 @@ def small_layer_norm(x, y, R, L, w, b, mode, eps):
         stats = (np.empty(R), np.empty(R), np.empty(R))
         if R <= 64:  # a bounded set of small sizes
             scratch[R] = stats
-    _SERIAL["layer_norm_rows"](x, y, R, L, R, w, b, mode, eps, *stats)
+    _SERIAL[_rows_kernel(L)](x, y, R, L, R, w, b, mode, eps, *stats)
 
 
 def rms_norm(x, y, R, L, w, mode, eps):

@@ -25,7 +25,7 @@ Numerical choices, shared by all kernels:
 * The chunking is fixed by the data layout and chunks are merged in index
   order, serially. The parallel and serial kernels therefore compute the same
   operations in the same order, and results do not depend on the thread count.
-* Reassociation (for vectorized sums) is allowed in three small reduction
+* Reassociation (for vectorized sums) is allowed in the small reduction
   functions only; see _REDUCE.
 * float16 and bfloat16 arrive as their uint16 / int16 bit patterns (numba has
   no CPU half type); _load decodes exactly and _store rounds the float64
@@ -43,6 +43,9 @@ from numba.extending import intrinsic, overload, register_jitable
 # L1-resident for the second pass. It also sets the granularity at which one
 # long row is split across threads.
 CHUNK = 4096
+# LayerNorm rows of up to this many elements take the short_rows kernel
+# (one chunk per row, so at most CHUNK; longer rows gained nothing).
+SHORT_ROW = 1024
 
 
 # ---------------------------------------------------------------------------
@@ -372,6 +375,71 @@ def _span_moments(x, lo, hi, k):
     return d, m2
 
 
+def _row_sums(x, lo, n, k):
+    """The sums _chunk_moments takes of the n elements x[lo:lo+n], n <=
+    CHUNK, about k, their first element: (sum, sum of squares) of x - k for
+    32- and 16-bit data, (mean, M2) for float64 (two passes). Inlined into
+    _rows_moments; _row_moments finishes them outside it, so that
+    q - s*d is not contracted. lo and n are unsigned: indexing then needs
+    neither a slice (a reference count per row) nor a negative-index check
+    per element."""
+    raise NotImplementedError
+
+
+@overload(_row_sums, inline="always")
+def _ov_row_sums(x, lo, n, k):
+    if x.dtype == types.float64:
+        def two_pass(x, lo, n, k):
+            s = 0.0
+            for i in range(n):
+                s += _load(x, lo + i) - k
+            d = s / n
+            q = 0.0
+            for i in range(n):
+                v = (_load(x, lo + i) - k) - d
+                q += v * v
+            return d, q
+        return two_pass
+
+    def one_pass(x, lo, n, k):
+        s = 0.0
+        q = 0.0
+        for i in range(n):
+            v = _load(x, lo + i) - k
+            s += v
+            q += v * v
+        return s, q
+    return one_pass
+
+
+def _row_moments(x, a, q, n):
+    """(mean of x - k, M2) of a row from _row_sums's (a, q)."""
+    raise NotImplementedError
+
+
+@overload(_row_moments, inline="always")
+def _ov_row_moments(x, a, q, n):
+    if x.dtype == types.float64:
+        return lambda x, a, q, n: (a, q)
+
+    def one_pass(x, a, q, n):  # as _chunk_moments, whose c is k here
+        d = a / n
+        return d, max(q - a * d, 0.0)
+    return one_pass
+
+
+@njit(**_REDUCE)
+def _rows_moments(x, r0, r1, L, shift, sums, sqs):
+    """For rows r0..r1 of L <= CHUNK elements: shift[r] = the row's first
+    element k, (sums[r], sqs[r]) = _row_sums of the row about k."""
+    n = np.uint64(L)
+    for r in range(r0, r1):
+        lo = np.uint64(r) * n
+        k = _load(x, lo)
+        shift[r] = k
+        sums[r], sqs[r] = _row_sums(x, lo, n, k)
+
+
 @register_jitable
 def _span_sumsq(x, lo, hi):
     s = 0.0
@@ -421,6 +489,36 @@ def _apply_elementwise(x, y, lo, j0, n, k, d, scale, w, b, mode):
         for i in range(n):
             _store(ys, i, _fma(_fma(_load(xs, i) - k, scale, c), _load(ws, i),
                                _load(bs, i)))
+
+
+@njit(cache=True, nogil=True)
+def _rows_apply(x, y, r0, r1, L, shift, dmean, rstd, w, b, mode):
+    """_apply_elementwise over the whole rows r0..r1 in one call, with
+    unsigned indices (see _row_sums). The mode is tested per row: with
+    the test outside the row loop the call cost 17 ns more (measured,
+    64-element rows, one row per call)."""
+    n = np.uint64(L)
+    for r in range(r0, r1):
+        lo = np.uint64(r) * n
+        k = shift[r]
+        scale = rstd[r]
+        c = -(dmean[r] * scale)
+        if mode == 0:
+            for i in range(n):
+                _store(y, lo + i, _fma(_load(x, lo + i) - k, scale, c))
+        elif mode == 1:
+            for i in range(n):
+                _store(y, lo + i,
+                       _fma(_load(x, lo + i) - k, scale, c) * _load(w, i))
+        elif mode == 2:
+            d = dmean[r]
+            for i in range(n):
+                _store(y, lo + i,
+                       _fma((_load(x, lo + i) - k) - d, scale, _load(b, i)))
+        else:
+            for i in range(n):
+                _store(y, lo + i, _fma(_fma(_load(x, lo + i) - k, scale, c),
+                                       _load(w, i), _load(b, i)))
 
 
 @register_jitable
@@ -538,6 +636,25 @@ def layer_norm_rows(x, y, R, L, TR, w, b, mode, eps, shift, dmean, rstd):
         for r in range(r0, r1):
             _apply_elementwise(x, y, r * L, 0, L, shift[r], dmean[r], rstd[r],
                                w, b, mode)
+
+
+def short_rows(x, y, R, L, TR, w, b, mode, eps, shift, dmean, rstd):
+    """layer_norm_rows for rows of at most SHORT_ROW elements (one chunk):
+    the same arithmetic (_row_stats of one chunk merged into nothing, then
+    _apply_elementwise), with the loops over a tile's rows inside two calls
+    instead of two calls per row. A call (slices, reference counts) costs
+    about as much as a 64-element row: one thread, float32 (4096, 64):
+    30 ns per row against 65."""
+    for t in prange((R + TR - 1) // TR):
+        r0 = t * TR
+        r1 = min(r0 + TR, R)
+        _rows_moments(x, r0, r1, L, shift, dmean, rstd)
+        for r in range(r0, r1):
+            d, m2 = _row_moments(x, dmean[r], rstd[r], L)
+            n, d, m2 = _merge(0.0, 0.0, 0.0, float(L), d, m2)
+            dmean[r], rstd[r] = _rescued_stats(x, r * L, r * L + L, shift[r],
+                                               d, m2, eps)
+        _rows_apply(x, y, r0, r1, L, shift, dmean, rstd, w, b, mode)
 
 
 def rms_norm_rows(x, y, R, L, TR, w, mode, eps, rstd):
@@ -848,7 +965,7 @@ def affine(x, y, a, b):
 KERNELS = {
     f.__name__: f
     for f in (
-        layer_norm_rows, rms_norm_rows, chunk_moments, chunk_sumsq,
+        layer_norm_rows, short_rows, rms_norm_rows, chunk_moments, chunk_sumsq,
         merge_rows, merge_rows_sumsq, apply_rows, group_norm_rows,
         apply_segments, merge_columns, nhwc_moments, nhwc_merge,
         nhwc_merge_channels, nhwc_apply,

@@ -28,10 +28,14 @@ def _problems(dt):
         return rng.standard_normal(shape).astype(dt)
 
     small, big, long_row = arr(4, 64), arr(64, 1024), arr(1, 3 * 4096 * 4)
+    # rows longer than _kernels.SHORT_ROW take another kernel
+    small_long, big_long = arr(2, 2048), arr(32, 2048)
     img, big_img = arr(2, 8, 4, 4), arr(2, 64, 32, 32)
     nhwc = arr(2, 16, 16, 64).transpose(0, 3, 1, 2)
     out = []
-    for label, x in (("small", small), ("parallel", big), ("split", long_row)):
+    for label, x in (("small", small), ("parallel", big), ("split", long_row),
+                     ("small long-row", small_long),
+                     ("parallel long-row", big_long)):
         L = x.shape[-1]
         for wdt in (dt, np.float64, None):
             w = None if wdt is None else np.ones(L, wdt)
