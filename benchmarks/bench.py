@@ -15,7 +15,10 @@ Everything runs in one process at one thread count (default: all cores):
   over the same elements into a preallocated y (``limit``).
 
 Each timing is the median of per-call ``time.perf_counter_ns`` times after a
-warm-up (which also compiles). GB/s counts one read of x and one write of y
+warm-up (which also compiles). The calls of one shape are spread over 5
+rounds in which the implementations take turns in a rotating order, so that
+the machine's speed changing during a run (shared machines do) does not
+favour whichever implementation ran at the quick moment. GB/s counts one read of x and one write of y
 (``2 * x.nbytes``). ``vs limit`` is limit_ms / ms, ``vs peer`` (numbanorm
 rows) is fastest_peer_ms / ms: above 1 means numbanorm is faster.
 
@@ -73,6 +76,7 @@ EPS = 1e-5
 RMS_EPS = 1e-6
 QUICK_MAX_ELEMENTS = 4096
 TARGET_SECONDS = 0.75      # per measurement (all repeats of one implementation)
+ROUNDS = 5                 # interleaved rounds the repeats are spread over
 MIN_REPEAT = 5
 MAX_REPEAT = 2000
 
@@ -430,6 +434,18 @@ def check_close(ref, y, dtype):
     return err, bool(np.isfinite(err) and err <= tol)
 
 
+def n_rounds(args):
+    return 1 if args.quick else ROUNDS
+
+
+def fail(entry, e, args):
+    entry.clear()
+    entry["error"] = (f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                      if str(e) else type(e).__name__)
+    if args.verbose:
+        traceback.print_exc()
+
+
 def run_case(case, threads, args, have_onnx_ops, have_torch, pbar, only=None):
     inp = make_inputs(case)
     impls = build_impls(case, inp, threads, have_onnx_ops, have_torch)
@@ -442,40 +458,59 @@ def run_case(case, threads, args, have_onnx_ops, have_torch, pbar, only=None):
     res["impls"] = {}
     ref = None
     forced = 3 if args.quick and not args.repeat else args.repeat
+    live = {}
     for name in IMPLS:
         if only is not None and name not in only:
             continue
         fn = impls[name]
-        entry = {}
+        entry = res["impls"][name] = {}
         if isinstance(fn, str):
             entry["error"] = fn
-        else:
+            continue
+        try:
+            time.sleep(0 if args.quick else IDLE_SECONDS)  # see below
+            repeat, y = pick_repeat(fn, forced)
+            if name == "numbanorm":
+                ref = to_numpy(y).copy()
+            elif name != "limit" and ref is not None:
+                err, ok = check_close(ref, y, case["dtype"])
+                entry["max_abs_diff_vs_numbanorm"] = err
+                entry["agrees"] = ok
+            del y
+            live[name] = (fn, repeat, [])
+        except Exception as e:
+            fail(entry, e, args)
+    # Timed in ROUNDS interleaved rounds, each implementation taking its
+    # turn in a rotating order, so that a change in the machine's speed
+    # during the run (other tenants, memory bandwidth) falls on all of
+    # them alike instead of on whichever ran at that moment.
+    rounds = n_rounds(args)
+    names = list(live)
+    for rnd in range(rounds):
+        k = rnd % max(1, len(names))
+        for name in names[k:] + names[:k]:
+            fn, repeat, times = live[name]
+            if fn is None:
+                continue
+            # let the previous implementation's thread pools (onnxruntime
+            # and PyTorch spin after each call, tbb too) go idle, so that
+            # they do not compete with this one for the cores
+            time.sleep(0 if args.quick else IDLE_SECONDS)
             try:
-                # let the previous implementation's thread pools (onnxruntime
-                # and PyTorch spin after each call, tbb too) go idle, so that
-                # they do not compete with this one for the cores
-                time.sleep(0 if args.quick else IDLE_SECONDS)
-                repeat, y = pick_repeat(fn, forced)
-                if name == "numbanorm":
-                    ref = to_numpy(y).copy()
-                elif name != "limit" and ref is not None:
-                    err, ok = check_close(ref, y, case["dtype"])
-                    entry["max_abs_diff_vs_numbanorm"] = err
-                    entry["agrees"] = ok
-                del y
-                times = time_calls(fn, repeat)
-                med = statistics.median(times) / 1e6
-                entry.update(repeat=repeat, times_ns=times, median_ms=med,
-                             min_ms=min(times) / 1e6,
-                             gbps=res["bytes_moved"] / (med * 1e-3) / 1e9)
+                times += time_calls(fn, max(1, -(-repeat // rounds)))
             except Exception as e:
-                entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-                         if str(e) else type(e).__name__}
-                if args.verbose:
-                    traceback.print_exc()
-        res["impls"][name] = entry
+                fail(res["impls"][name], e, args)
+                live[name] = (None, repeat, times)
         if pbar is not None:
             pbar.update(1)
+    for name, (fn, repeat, times) in live.items():
+        if fn is None:
+            continue
+        med = statistics.median(times) / 1e6
+        res["impls"][name].update(
+            repeat=len(times), times_ns=times, median_ms=med,
+            min_ms=min(times) / 1e6,
+            gbps=res["bytes_moved"] / (med * 1e-3) / 1e9)
     del impls, inp, ref
     # ratios
     lim = res["impls"].get("limit", {}).get("median_ms")
@@ -673,7 +708,7 @@ def progress(total, desc):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr,
+    return tqdm(total=total, desc=desc, unit="round", file=sys.stderr,
                 dynamic_ncols=True, leave=False)
 
 
@@ -689,7 +724,7 @@ def main_bench(args, threads, have_onnx_ops, have_torch):
         return 2
     env = environment(threads)
     print(header(env, have_onnx_ops), flush=True)
-    pbar = progress(len(cases) * len(IMPLS), "benchmark")
+    pbar = progress(len(cases) * n_rounds(args), "benchmark")
     results = []
     for case in cases:
         if pbar is not None:
@@ -746,7 +781,7 @@ def main_scaling(args, threads, have_onnx_ops, have_torch):
     print(f"  scaling: shapes with 2 * x.nbytes <= last-level cache ({llc >> 20} MiB), "
           f"threads {counts}", flush=True)
     only = [n for n in IMPLS]
-    pbar = progress(len(cases) * len(only) * len(counts), "scaling")
+    pbar = progress(len(cases) * len(counts) * n_rounds(args), "scaling")
     per = {}
     for n in counts:
         set_threads(n, have_torch)
