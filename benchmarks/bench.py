@@ -15,12 +15,14 @@ Everything runs in one process at one thread count (default: all cores):
   over the same elements into a preallocated y (``limit``).
 
 Each timing is the median of per-call ``time.perf_counter_ns`` times after a
-warm-up (which also compiles). The calls of one shape are spread over 5
+warm-up (which also compiles). The calls of one shape are spread over 15
 rounds in which the implementations take turns in a rotating order, so that
 the machine's speed changing during a run (shared machines do) does not
-favour whichever implementation ran at the quick moment. GB/s counts one read of x and one write of y
+favour whichever implementation ran at the quick moment; the ratios below
+are medians over the rounds of each round's ratio. GB/s counts one read of x and one write of y
 (``2 * x.nbytes``). ``vs limit`` is limit_ms / ms, ``vs peer`` (numbanorm
-rows) is fastest_peer_ms / ms: above 1 means numbanorm is faster.
+rows) is fastest_peer_ms / ms (per round, as said above; the fastest peer
+is the one with the lowest median): above 1 means numbanorm is faster.
 
 Results go to ``<out>/bench.json`` (raw per-call timings, medians, the
 environment) and ``<out>/bench.png`` (GB/s per shape per implementation).
@@ -76,7 +78,7 @@ EPS = 1e-5
 RMS_EPS = 1e-6
 QUICK_MAX_ELEMENTS = 4096
 TARGET_SECONDS = 0.75      # per measurement (all repeats of one implementation)
-ROUNDS = 5                 # interleaved rounds the repeats are spread over
+ROUNDS = 15                # interleaved rounds the repeats are spread over
 MIN_REPEAT = 5
 MAX_REPEAT = 2000
 
@@ -394,7 +396,7 @@ def to_numpy(y):
         return np.asarray(y)
 
 
-IDLE_SECONDS = 0.2
+IDLE_SECONDS = 0.05
 
 
 def time_calls(fn, repeat):
@@ -497,34 +499,42 @@ def run_case(case, threads, args, have_onnx_ops, have_torch, pbar, only=None):
             # they do not compete with this one for the cores
             time.sleep(0 if args.quick else IDLE_SECONDS)
             try:
-                times += time_calls(fn, max(1, -(-repeat // rounds)))
+                t = time_calls(fn, max(1, -(-repeat // rounds)))
+                times.append(t)
             except Exception as e:
                 fail(res["impls"][name], e, args)
                 live[name] = (None, repeat, times)
         if pbar is not None:
             pbar.update(1)
+    per_round = {}
     for name, (fn, repeat, times) in live.items():
         if fn is None:
             continue
-        med = statistics.median(times) / 1e6
+        flat = [t for r in times for t in r]
+        med = statistics.median(flat) / 1e6
+        per_round[name] = [statistics.median(r) / 1e6 for r in times]
         res["impls"][name].update(
-            repeat=len(times), times_ns=times, median_ms=med,
-            min_ms=min(times) / 1e6,
+            repeat=len(flat), times_ns=flat, median_ms=med,
+            round_ms=per_round[name], min_ms=min(flat) / 1e6,
             gbps=res["bytes_moved"] / (med * 1e-3) / 1e9)
     del impls, inp, ref
-    # ratios
-    lim = res["impls"].get("limit", {}).get("median_ms")
+    # Ratios: the median over rounds of the ratio of the two round medians,
+    # so that both sides of a ratio come from the same moment of the run.
     peer_ms = [(res["impls"][p]["median_ms"], p) for p in PEERS
-               if "median_ms" in res["impls"].get(p, {})]
+               if p in per_round]
     fastest = min(peer_ms) if peer_ms else None
     res["fastest_peer"] = fastest[1] if fastest else None
-    for name, e in res["impls"].items():
-        if "median_ms" not in e:
-            continue
-        if lim:
-            e["vs_limit"] = lim / e["median_ms"]
+
+    def ratio(a, b):  # a's time / b's time, round by round
+        return statistics.median(x / y for x, y in zip(per_round[a],
+                                                       per_round[b]))
+
+    for name in per_round:
+        e = res["impls"][name]
+        if "limit" in per_round:
+            e["vs_limit"] = ratio("limit", name)
         if fastest and name in NUMBANORM:
-            e["vs_fastest_peer"] = fastest[0] / e["median_ms"]
+            e["vs_fastest_peer"] = ratio(fastest[1], name)
     return res
 
 
@@ -575,7 +585,8 @@ def header(env, have_onnx_ops):
         f"python {env['python']}",
         f"  onnx_ops: {'available' if have_onnx_ops is True else 'unavailable: ' + str(have_onnx_ops)}",
         "  GB/s counts 2 * x.nbytes; vs limit = limit_ms / ms; "
-        "vs peer = fastest_peer_ms / ms (numbanorm rows)",
+        "vs peer = fastest_peer_ms / ms (numbanorm rows);",
+        f"  ratios are medians over {ROUNDS} interleaved rounds of the ratio within a round",
     ]
     return "\n".join(lines)
 
