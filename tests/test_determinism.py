@@ -49,3 +49,53 @@ def test_bit_identical_across_plans(op, k, dtype, monkeypatch):
     first = next(iter(results.values()))
     for name, y in results.items():
         assert np.array_equal(y.view(np.uint8), first.view(np.uint8)), name
+
+
+# rows or segments long enough for streaming stores (see _dispatch._stream):
+# whole rows, split rows (on 2 threads), groups, channels, BatchNorm chunks
+STREAM_SHAPES = {
+    "layer_norm": [(6, 1537), (3, 20000)],
+    "rms_norm": [(6, 1537), (3, 20000)],
+    "group_norm": [(2, 6, 40, 41)],
+    "instance_norm": [(2, 3, 40, 41)],
+    "batch_norm": [(3, 2, 20000)],
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("affine", [True, False])
+def test_streaming_stores_change_no_bit(op, affine, dtype, monkeypatch):
+    """Large outputs are written with streaming stores of aligned vectors:
+    the results are bitwise those of the plain loops, into a fresh array,
+    into an out= view that starts between two vectors, and in place."""
+    streamed = []
+    real = _dispatch._stream
+
+    def spy(*a, **k):
+        streamed.append(real(*a, **k))
+        return streamed[-1]
+
+    monkeypatch.setattr(_dispatch, "_stream", spy)
+    for shape in STREAM_SHAPES[op.name]:
+        rng = rng_for("stream", op.name, shape, dtype, affine)
+        x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
+        kw = op.params(shape, affine, rng)
+        for training in ((False, True) if op.name == "batch_norm" else (None,)):
+            if training:
+                kw = dict(kw, training=True, running_mean=None, running_var=None)
+            monkeypatch.setattr(_dispatch, "NT_MIN_BYTES", 1 << 62)
+            plain = op.call(x, **kw)
+            monkeypatch.setattr(_dispatch, "NT_MIN_BYTES", 0)
+            results = {"fresh": op.call(x, **kw)}
+            buf = np.empty(x.size + 1, dtype)
+            out = buf[1:].reshape(shape)
+            op.call(x, out=out, **kw)
+            results["offset out="] = out
+            xin = x.copy()
+            op.call(xin, out=xin, **kw)
+            results["in place"] = xin
+            for name, y in results.items():
+                assert np.array_equal(y.view(np.uint8), plain.view(np.uint8)), \
+                    (shape, training, name)
+    if dtype != np.float16:
+        assert any(streamed)  # the streaming path ran
