@@ -219,7 +219,7 @@ def _prepare(x, dt, out):
     """
     direct = x.flags.c_contiguous and x.dtype == dt
     if out is None and direct and _KERNEL_VIEW[dt] is None:  # fast path
-        y = _buffers.empty(x.shape, dt)
+        y = _buffers.empty(x.shape, dt, like=x)
         return y, x.reshape(-1), y.reshape(-1)
     if out is not None and out is not x and direct and \
             np.may_share_memory(out, x) and not (
@@ -227,7 +227,8 @@ def _prepare(x, dt, out):
                 == x.__array_interface__["data"][0]):
         # out partially overlaps x: read from a private copy of x
         x = x.copy()
-    y = _buffers.empty(x.shape, dt) if out is None else out
+    y = _buffers.empty(x.shape, dt, like=x if direct else None) \
+        if out is None else out
     ky = _flat(y, dt)
     if direct:
         return y, _flat(x, dt), ky
@@ -256,7 +257,7 @@ def _prepare_channels_last(x, dt, out):
     if xt is None:
         return None
     if out is None:
-        yt = _buffers.empty(xt.shape, dt)
+        yt = _buffers.empty(xt.shape, dt, like=xt)
         y = np.moveaxis(yt, -1, 1)
     else:
         yt = _channels_last_view(out)

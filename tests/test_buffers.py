@@ -103,3 +103,27 @@ def test_cap_is_respected():
 def test_set_buffer_cache_validates(bad):
     with pytest.raises(ValueError, match="max_bytes"):
         numbanorm.set_buffer_cache(bad)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "group_norm", "channels_last"])
+def test_results_start_half_a_page_from_their_input(op):
+    """Against 4K aliasing (see _buffers._APART): the allocating calls place
+    their result 2048 bytes from x modulo 4 KiB, in fresh and reused cache
+    buffers and when the result is too large for the cache."""
+    for cap in (64 << 20, 1 << 20):
+        numbanorm.set_buffer_cache(cap)
+        for seed in range(3):
+            x = _x(seed)
+            if op == "layer_norm":
+                y = numbanorm.layer_norm(x, SHAPE[-1])
+                xa, ya = x, y
+            elif op == "group_norm":
+                y = numbanorm.group_norm(x.reshape(4, 16, 64, 128), 4)
+                xa, ya = x, y
+            else:
+                xa = x.reshape(4, 32, 64, 64)  # an NHWC buffer, seen as NCHW
+                y = numbanorm.group_norm(xa.transpose(0, 3, 1, 2), 4)
+                ya = np.moveaxis(y, 1, -1)
+                assert ya.flags.c_contiguous
+            assert (_ptr(ya) - _ptr(xa)) % 4096 == 2048, (cap, seed)
+            del y, ya
