@@ -27,7 +27,8 @@ is the one with the lowest median): above 1 means numbanorm is faster.
 Results go to ``<out>/bench.json`` (raw per-call timings, medians, the
 environment) and ``<out>/bench.png`` (GB/s per shape per implementation).
 ``--scaling`` instead times the shapes whose x and y fit in the last-level
-cache at 1 thread and at N threads and prints the speedups
+cache at 1 thread and at N threads, the counts alternating within each
+round, and prints the speedups
 (``<out>/scaling.json``).
 """
 
@@ -449,93 +450,111 @@ def fail(entry, e, args):
 
 
 def run_case(case, threads, args, have_onnx_ops, have_torch, pbar, only=None):
+    return run_counts(case, [threads], args, have_onnx_ops, have_torch, pbar,
+                      only)[threads]
+
+
+def run_counts(case, counts, args, have_onnx_ops, have_torch, pbar, only=None):
+    """{thread count: result} for one shape, every implementation at every
+    count timed in the same interleaved rounds."""
     inp = make_inputs(case)
-    impls = build_impls(case, inp, threads, have_onnx_ops, have_torch)
     x = inp["x"]
-    res = dict(case)
-    res["shape"] = list(case["shape"])
-    res["elements"] = int(x.size)
-    res["bytes_moved"] = int(2 * x.nbytes)
-    res["threads"] = threads
-    res["impls"] = {}
-    ref = None
     forced = 3 if args.quick and not args.repeat else args.repeat
-    live = {}
-    for name in IMPLS:
-        if only is not None and name not in only:
-            continue
-        fn = impls[name]
-        entry = res["impls"][name] = {}
-        if isinstance(fn, str):
-            entry["error"] = fn
-            continue
-        try:
-            time.sleep(0 if args.quick else IDLE_SECONDS)  # see below
-            repeat, y = pick_repeat(fn, forced)
-            if name == "numbanorm":
-                ref = to_numpy(y).copy()
-            elif name != "limit" and ref is not None:
-                err, ok = check_close(ref, y, case["dtype"])
-                entry["max_abs_diff_vs_numbanorm"] = err
-                entry["agrees"] = ok
-            del y
-            live[name] = (fn, repeat, [])
-        except Exception as e:
-            fail(entry, e, args)
-    # Timed in ROUNDS interleaved rounds, each implementation taking its
-    # turn in a rotating order, so that a change in the machine's speed
-    # during the run (other tenants, memory bandwidth) falls on all of
-    # them alike instead of on whichever ran at that moment.
+    results, live, impls = {}, {}, {}
+    for n in counts:
+        set_threads(n, have_torch)
+        impls[n] = build_impls(case, inp, n, have_onnx_ops, have_torch)
+        res = results[n] = dict(case)
+        res["shape"] = list(case["shape"])
+        res["elements"] = int(x.size)
+        res["bytes_moved"] = int(2 * x.nbytes)
+        res["threads"] = n
+        res["impls"] = {}
+        ref = None
+        for name in IMPLS:
+            if only is not None and name not in only:
+                continue
+            fn = impls[n][name]
+            entry = res["impls"][name] = {}
+            if isinstance(fn, str):
+                entry["error"] = fn
+                continue
+            try:
+                time.sleep(0 if args.quick else IDLE_SECONDS)  # see below
+                repeat, y = pick_repeat(fn, forced)
+                if name == "numbanorm":
+                    ref = to_numpy(y).copy()
+                elif name != "limit" and ref is not None:
+                    err, ok = check_close(ref, y, case["dtype"])
+                    entry["max_abs_diff_vs_numbanorm"] = err
+                    entry["agrees"] = ok
+                del y
+                live[n, name] = (fn, repeat, [])
+            except Exception as e:
+                fail(entry, e, args)
+    # Timed in ROUNDS interleaved rounds, each implementation (at each
+    # thread count) taking its turn in a rotating order, so that a change in
+    # the machine's speed during the run (other tenants, memory bandwidth)
+    # falls on all of them alike instead of on whichever ran at that moment.
     rounds = n_rounds(args)
-    names = list(live)
+    keys = list(live)
     for rnd in range(rounds):
-        k = rnd % max(1, len(names))
-        for name in names[k:] + names[:k]:
-            fn, repeat, times = live[name]
+        k = rnd % max(1, len(keys))
+        for key in keys[k:] + keys[:k]:
+            fn, repeat, times = live[key]
             if fn is None:
                 continue
+            set_threads(key[0], have_torch)
             # let the previous implementation's thread pools (onnxruntime
             # and PyTorch spin after each call, tbb too) go idle, so that
             # they do not compete with this one for the cores
             time.sleep(0 if args.quick else IDLE_SECONDS)
             try:
-                t = time_calls(fn, max(1, -(-repeat // rounds)))
-                times.append(t)
+                times.append(time_calls(fn, max(1, -(-repeat // rounds))))
             except Exception as e:
-                fail(res["impls"][name], e, args)
-                live[name] = (None, repeat, times)
+                fail(results[key[0]]["impls"][key[1]], e, args)
+                live[key] = (None, repeat, times)
         if pbar is not None:
             pbar.update(1)
     per_round = {}
-    for name, (fn, repeat, times) in live.items():
+    for (n, name), (fn, repeat, times) in live.items():
         if fn is None:
             continue
         flat = [t for r in times for t in r]
         med = statistics.median(flat) / 1e6
-        per_round[name] = [statistics.median(r) / 1e6 for r in times]
-        res["impls"][name].update(
+        per_round[n, name] = [statistics.median(r) / 1e6 for r in times]
+        results[n]["impls"][name].update(
             repeat=len(flat), times_ns=flat, median_ms=med,
-            round_ms=per_round[name], min_ms=min(flat) / 1e6,
-            gbps=res["bytes_moved"] / (med * 1e-3) / 1e9)
-    del impls, inp, ref
+            round_ms=per_round[n, name], min_ms=min(flat) / 1e6,
+            gbps=results[n]["bytes_moved"] / (med * 1e-3) / 1e9)
+    del impls, inp
     # Ratios: the median over rounds of the ratio of the two round medians,
     # so that both sides of a ratio come from the same moment of the run.
-    peer_ms = [(res["impls"][p]["median_ms"], p) for p in PEERS
-               if p in per_round]
-    fastest = min(peer_ms) if peer_ms else None
-    res["fastest_peer"] = fastest[1] if fastest else None
+    for n, res in results.items():
+        peer_ms = [(res["impls"][p]["median_ms"], p) for p in PEERS
+                   if (n, p) in per_round]
+        fastest = min(peer_ms) if peer_ms else None
+        res["fastest_peer"] = fastest[1] if fastest else None
+        for (m, name) in per_round:
+            if m != n:
+                continue
+            e = res["impls"][name]
+            if (n, "limit") in per_round:
+                e["vs_limit"] = round_ratio(per_round[n, "limit"],
+                                            per_round[n, name])
+            if fastest and name in NUMBANORM:
+                e["vs_fastest_peer"] = round_ratio(per_round[n, fastest[1]],
+                                                   per_round[n, name])
+            if m != counts[0] and (counts[0], name) in per_round:
+                e["speedup_vs_%d_thread" % counts[0]] = round_ratio(
+                    per_round[counts[0], name], per_round[n, name])
+    set_threads(counts[-1], have_torch)
+    return results
 
-    def ratio(a, b):  # a's time / b's time, round by round
-        return statistics.median(x / y for x, y in zip(per_round[a],
-                                                       per_round[b]))
 
-    for name in per_round:
-        e = res["impls"][name]
-        if "limit" in per_round:
-            e["vs_limit"] = ratio("limit", name)
-        if fastest and name in NUMBANORM:
-            e["vs_fastest_peer"] = ratio(fastest[1], name)
-    return res
+def round_ratio(a, b):
+    """The median over rounds of a's round time / b's round time."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 # ---------------------------------------------------------------------------
@@ -792,15 +811,13 @@ def main_scaling(args, threads, have_onnx_ops, have_torch):
     print(f"  scaling: shapes with 2 * x.nbytes <= last-level cache ({llc >> 20} MiB), "
           f"threads {counts}", flush=True)
     only = [n for n in IMPLS]
-    pbar = progress(len(cases) * len(counts) * n_rounds(args), "scaling")
+    pbar = progress(len(cases) * n_rounds(args), "scaling")
     per = {}
-    for n in counts:
-        set_threads(n, have_torch)
-        for case in cases:
-            if pbar is not None:
-                pbar.set_postfix_str(f"{case['label']} t={n}")
-            per.setdefault(case["label"], {})[n] = run_case(
-                case, n, args, have_onnx_ops, have_torch, pbar, only=only)
+    for case in cases:
+        if pbar is not None:
+            pbar.set_postfix_str(case["label"])
+        per[case["label"]] = run_counts(case, counts, args, have_onnx_ops,
+                                        have_torch, pbar, only=only)
     if pbar is not None:
         pbar.close()
     set_threads(threads, have_torch)
@@ -808,16 +825,15 @@ def main_scaling(args, threads, have_onnx_ops, have_torch):
     hi = counts[-1]
     colw = max(len(n) for n in names) + 2
     labw = max(len(c["label"]) for c in cases) + 2
-    print(f"\nspeedup {hi} threads vs 1 thread (t1_ms / t{hi}_ms)")
+    print(f"\nspeedup {hi} threads vs 1 thread (t1_ms / t{hi}_ms, median over "
+          f"{n_rounds(args)} rounds that alternate the thread counts)")
     print("shape".ljust(labw) + "".join(n.rjust(colw) for n in names))
     summary = {}
     for case in cases:
         lab = case["label"]
         row, summary[lab] = [], {}
         for name in names:
-            a = per[lab][1]["impls"].get(name, {}).get("median_ms")
-            b = per[lab][hi]["impls"].get(name, {}).get("median_ms")
-            s = a / b if a and b else None
+            s = per[lab][hi]["impls"].get(name, {}).get("speedup_vs_1_thread")
             summary[lab][name] = s
             row.append(f"{s:.2f}x" if s else "-")
         serial = math.prod(case["shape"]) < _dispatch.PARALLEL_MIN_ELEMENTS
