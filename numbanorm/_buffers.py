@@ -98,7 +98,11 @@ def empty(shape, dtype, like=None):
     size = nbytes + _PAGE  # room to place the result (see _offset)
     with _lock:
         buf = None
-        for i in range(len(_cache)):
+        # the most recently used free buffer first: it is the one most likely
+        # still in the CPU caches (taking the least recently used one made
+        # two buffers alternate, and an allocating (8, 128, 768) float64
+        # LayerNorm 1.3-1.5x slower than into one out= array)
+        for i in range(len(_cache) - 1, -1, -1):
             # a buffer at most twice the request, so that a small result
             # does not pin a large buffer
             if size <= _cache[i].size <= 2 * size and _is_free(_cache, i):
