@@ -80,6 +80,12 @@ def _offset(buf, like):
             - buf.__array_interface__["data"][0]) % _PAGE
 
 
+def _placed(buf, nbytes, dtype, shape, like):
+    """The result of ``nbytes`` in buf, at _offset(buf, like)."""
+    o = _offset(buf, like)
+    return buf[o:o + nbytes].view(dtype).reshape(shape)
+
+
 def empty(shape, dtype, like=None):
     """``np.empty(shape, dtype)``, from the cache when large; placed half a
     page (modulo 4 KiB) from the input array ``like`` when given."""
@@ -92,9 +98,8 @@ def empty(shape, dtype, like=None):
     if nbytes + _PAGE > _state["max_bytes"]:
         if like is None:
             return np.empty(shape, dtype)
-        buf = np.empty(nbytes + _PAGE, np.uint8)
-        o = _offset(buf, like)
-        return buf[o:o + nbytes].view(dtype).reshape(shape)
+        return _placed(np.empty(nbytes + _PAGE, np.uint8), nbytes, dtype,
+                       shape, like)
     size = nbytes + _PAGE  # room to place the result (see _offset)
     with _lock:
         buf = None
@@ -113,8 +118,7 @@ def empty(shape, dtype, like=None):
                 return np.empty(shape, dtype)  # full of results still in use
             buf = np.empty(size, np.uint8)
         _cache.append(buf)
-        o = _offset(buf, like)
-        return buf[o:o + nbytes].view(dtype).reshape(shape)
+        return _placed(buf, nbytes, dtype, shape, like)
 
 
 def _evict(limit):
