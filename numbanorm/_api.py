@@ -313,20 +313,29 @@ def _small_layer_norm(x, L, w, b, eps, out):
     """The common small call (a few rows: inference on one token or one
     sample) with the checks it needs and no more, or None when anything is
     unusual; the general path then validates and explains. A Python-level
-    detour costs more than the kernel on such sizes."""
+    detour costs more than the kernel on such sizes (each attribute read
+    below costs ~0.1 us on a 2-core Zen 1, the kernel ~2 us)."""
     if type(L) is tuple and len(L) == 1:
         L = L[0]
     if not (type(x) is np.ndarray and type(L) is int and type(eps) is float
-            and x.dtype in _SMALL_DTYPES and x.flags.c_contiguous
-            and x.ndim and x.shape[-1] == L and 0 < x.size
-            and x.size < _dispatch.PARALLEL_MIN_ELEMENTS
             and 0.0 < eps < math.inf):
         return None
     dt = x.dtype
-    for p in (w, b):
-        if p is not None and not (type(p) is np.ndarray and p.dtype == dt
-                                  and p.shape == (L,) and p.flags.c_contiguous):
+    n = x.size
+    if not (dt in _SMALL_DTYPES and 0 < n < _dispatch.PARALLEL_MIN_ELEMENTS
+            and x.ndim and x.shape[-1] == L and x.flags.c_contiguous):
+        return None
+    mode = 0
+    if w is not None:
+        if not (type(w) is np.ndarray and (w.dtype is dt or w.dtype == dt)
+                and w.shape == (L,) and w.flags.c_contiguous):
             return None
+        mode = 1
+    if b is not None:
+        if not (type(b) is np.ndarray and (b.dtype is dt or b.dtype == dt)
+                and b.shape == (L,) and b.flags.c_contiguous):
+            return None
+        mode |= 2
     if out is None:
         y = np.empty(x.shape, dt)
     elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
@@ -337,9 +346,9 @@ def _small_layer_norm(x, L, w, b, eps, out):
         y = out
     else:
         return None
-    R = x.size // L
-    _dispatch.small_layer_norm(x.reshape(-1), y.reshape(-1), R, L, w, b,
-                               (w is not None) | ((b is not None) << 1), eps)
+    # ravel: a view of a C-contiguous array, and cheaper than reshape(-1)
+    _dispatch.small_layer_norm(x.ravel(), y.ravel(), n // L, L, w, b, mode,
+                               eps)
     return y
 
 

@@ -7,7 +7,6 @@ speed and never the result.
 """
 
 import math
-import threading
 import types
 
 import numba
@@ -191,25 +190,12 @@ def layer_norm(x, y, R, L, w, b, mode, eps):
     return shift, dmean, rstd
 
 
-_small = threading.local()
-
-
 def small_layer_norm(x, y, R, L, w, b, mode, eps):
     """layer_norm for fewer than PARALLEL_MIN_ELEMENTS elements: the serial
-    build, one tile, statistics discarded."""
+    build, one task, statistics discarded (see _kernels.small_rows)."""
     if w is None or b is None:
         w, b = _pair(w, b)
-    # per-thread scratch for the discarded statistics: three allocations
-    # cost a tenth of such a call
-    scratch = getattr(_small, "stats", None)
-    if scratch is None:
-        scratch = _small.stats = {}
-    stats = scratch.get(R)
-    if stats is None:
-        stats = (np.empty(R), np.empty(R), np.empty(R))
-        if R <= 64:  # a bounded set of small sizes
-            scratch[R] = stats
-    _SERIAL[_rows_kernel(L)](x, y, R, L, R, w, b, mode, eps, *stats)
+    _SERIAL["small_rows"](x, y, R, L, w, b, mode, eps)
 
 
 def rms_norm(x, y, R, L, w, mode, eps):
