@@ -7,6 +7,7 @@ speed and never the result.
 """
 
 import math
+import os
 import types
 
 import numba
@@ -114,8 +115,10 @@ def _tile_rows(R, L, kern, nbytes=None):
 
 
 # Inputs up to this size are taken to stay in the caches between a tile's
-# statistics and its output pass (x and y: 16 MiB, half of this machine's
-# 32 MiB L3); see _tile_rows.
+# statistics and its output pass (x and y: 16 MiB, half of the 32 MiB L3
+# of the Zen 4 it was measured on); see _tile_rows. On a Zen 1 with an
+# 8 MiB L3, 2 MiB instead changed nothing measurable ((8, 128, 768),
+# (16, 128, 768), (4096, 64), (32768, 64): 0.99-1.02).
 IN_CACHE_BYTES = 8 << 20
 
 
@@ -147,15 +150,48 @@ def _pair(w, b):
     return (empty if w is None else w), (empty if b is None else b)
 
 
-# From this input size on, outputs are written with streaming stores (see
-# _stream): x and y (32 MiB) no longer both fit this machine's 32 MiB L3.
-NT_MIN_BYTES = 16 << 20
+def _last_level_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """The size of the largest data cache of CPU 0 as Linux reports it, or
+    None where it does not (another OS, a container hiding sysfs)."""
+    best = None
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return None
+    for name in entries:
+        if not name.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(root, name, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(root, name, "size")) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit() and int(digits) > 0:
+            best = max(best or 0, int(digits) * scale)
+    return best
+
+
+# The last-level cache the streaming-store thresholds are taken from; where
+# it cannot be read, 32 MiB, the L3 of the Zen 4 machine the thresholds
+# were first measured on.
+LLC_BYTES = _last_level_cache_bytes() or (32 << 20)
+# From this input size on, outputs of whole rows are written with streaming
+# stores (see _stream): x and y together no longer fit the last-level cache.
+NT_MIN_BYTES = LLC_BYTES // 2
 
 
 def _stream(x, L, split=False, one_pass=False):
     """Whether the output pass over rows (or segments) of L elements should
-    use streaming stores (_kernels.NT_LANES). Measured, 2 threads, float32,
-    interleaved against plain stores (time ratios):
+    use streaming stores (_kernels.NT_LANES): from NT_MIN_BYTES (half the
+    last-level cache) for whole rows, from the whole cache when x is read
+    again for the output (split rows) or only once (BatchNorm inference).
+    Measured, 2 threads, float32, interleaved against plain stores (time
+    ratios), on a Zen 4 with a 32 MiB L3:
 
     * whole rows or groups (the statistics, then the output while the row
       is in cache): (512, 4096) LayerNorm 1.25 (8 MiB), (1024, 4096) 0.78
@@ -167,6 +203,13 @@ def _stream(x, L, split=False, one_pass=False):
       32 MiB, 0.89 at 64 MiB;
     * BatchNorm inference (one pass, no statistics): 1.48 at 25 MiB, where
       plain stores keep part of y in the 32 MiB L3 between calls.
+
+    On a Zen 1 with an 8 MiB L3 (victim cache): whole rows, LayerNorm
+    (128, 4096) 1.00 (2 MiB), GroupNorm (2, 64, 64, 64) 0.94 (2 MiB),
+    LayerNorm (256, 4096) 0.77 and GroupNorm (4, 64, 64, 64) 0.74 (4 MiB),
+    LayerNorm (512, 4096) 0.93 and GroupNorm (8, 64, 64, 64) 0.84 (8 MiB);
+    split rows 0.86 at 2 MiB, 0.82 at 4 MiB, 0.80 at 8 MiB, InstanceNorm
+    (1, 3, 1024, 1024) 0.84 (12 MiB); BatchNorm inference 0.77 at 24 MiB.
     """
     big = 2 * NT_MIN_BYTES if (split or one_pass) else NT_MIN_BYTES
     return x.nbytes >= big and L > K.SHORT_ROW and x.dtype.itemsize >= 4

@@ -99,3 +99,43 @@ def test_streaming_stores_change_no_bit(op, affine, dtype, monkeypatch):
                     (shape, training, name)
     if dtype != np.float16:
         assert any(streamed)  # the streaming path ran
+
+
+def _fake_cache_tree(root, entries):
+    for i, (level, kind, size) in enumerate(entries):
+        d = root / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+def test_streaming_thresholds_follow_the_last_level_cache(tmp_path):
+    """The cache size is read from sysfs as Linux writes it (instruction
+    caches ignored, K/M suffixes), and None when there is nothing to read;
+    whole rows stream from half of it, split rows and one-pass BatchNorm
+    from all of it."""
+    root = _fake_cache_tree(tmp_path / "a", [
+        (1, "Data", "32K"), (1, "Instruction", "64K"),
+        (2, "Unified", "512K"), (3, "Unified", "8192K")])
+    assert _dispatch._last_level_cache_bytes(root) == 8 << 20
+    root = _fake_cache_tree(tmp_path / "b", [
+        (1, "Data", "48K"), (1, "Instruction", "64M"), (2, "Unified", "2M")])
+    assert _dispatch._last_level_cache_bytes(root) == 2 << 20
+    assert _dispatch._last_level_cache_bytes(str(tmp_path / "none")) is None
+    assert _dispatch._last_level_cache_bytes(
+        _fake_cache_tree(tmp_path / "c", [(3, "Unified", "garbage")])) is None
+
+    assert _dispatch.NT_MIN_BYTES == _dispatch.LLC_BYTES // 2
+    half = _dispatch.NT_MIN_BYTES // 4  # float32 elements in half the LLC
+    L = 4096
+    below = np.empty((half // L - 1, L), np.float32)
+    at = np.empty((half // L, L), np.float32)
+    twice = np.empty((2 * half // L, L), np.float32)
+    assert not _dispatch._stream(below, L) and _dispatch._stream(at, L)
+    for kind in ({"split": True}, {"one_pass": True}):
+        assert not _dispatch._stream(at, L, **kind)
+        assert _dispatch._stream(twice, L, **kind)
+    # short rows never stream, whatever the size
+    assert not _dispatch._stream(twice, _dispatch.K.SHORT_ROW)
