@@ -185,7 +185,7 @@ LLC_BYTES = _last_level_cache_bytes() or (32 << 20)
 NT_MIN_BYTES = LLC_BYTES // 2
 
 
-def _stream(x, L, split=False, one_pass=False):
+def _stream(x, y, L, split=False, one_pass=False):
     """Whether the output pass over rows (or segments) of L elements should
     use streaming stores (_kernels.NT_LANES): from NT_MIN_BYTES (half the
     last-level cache) for whole rows, from the whole cache when x is read
@@ -212,7 +212,24 @@ def _stream(x, L, split=False, one_pass=False):
     (1, 3, 1024, 1024) 0.84 (12 MiB); BatchNorm inference 0.77 at 24 MiB.
     """
     big = 2 * NT_MIN_BYTES if (split or one_pass) else NT_MIN_BYTES
-    return x.nbytes >= big and L > K.SHORT_ROW and x.dtype.itemsize >= 4
+    if not (x.nbytes >= big and L > K.SHORT_ROW and x.dtype.itemsize >= 4):
+        return False
+    # y a few dozen bytes past x modulo 4 KiB (4K aliasing, see _buffers):
+    # streaming stores then stall the loads of x far more than plain stores
+    # do. Zen 1, (32, 64, 56, 56) float32, time plain / streaming: y 16
+    # bytes past x, BatchNorm 4.8 / 11.7 ms, GroupNorm 7.5 / 14.8 ms; 64
+    # bytes, 5.0 / 6.6 and 8.3 / 9.7; from 128 bytes on (and at 0, in
+    # place) streaming is the faster, 0.73-0.95x.
+    apart = (_address(y) - _address(x)) % 4096
+    return not 0 < apart < ALIASED_BYTES
+
+
+# y this many bytes past x (modulo 4 KiB) or fewer takes plain stores.
+ALIASED_BYTES = 128
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
 
 
 def layer_norm(x, y, R, L, w, b, mode, eps):
@@ -223,12 +240,12 @@ def layer_norm(x, y, R, L, w, b, mode, eps):
         if kern is _PARALLEL and _split_rows(R, L):
             shift, dmean, rstd = _split_row_stats(kern, x, R, L, eps)
             kern["apply_rows"](x, y, R, L, _n_chunks(L), shift, dmean, rstd,
-                               w, b, mode | (nt * _stream(x, L, split=True)))
+                               w, b, mode | (nt * _stream(x, y, L, split=True)))
         else:
             shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
             kern[_rows_kernel(L)](x, y, R, L,
                                   _tile_rows(R, L, kern, x.nbytes), w, b,
-                                  mode | (nt * _stream(x, L)), eps, shift,
+                                  mode | (nt * _stream(x, y, L)), eps, shift,
                                   dmean, rstd)
     return shift, dmean, rstd
 
@@ -255,7 +272,7 @@ def rms_norm(x, y, R, L, w, mode, eps):
                                empty, mode)
         else:
             kern["rms_norm_rows"](x, y, R, L, _tile_rows(R, L, kern), w,
-                                  mode | (4 * _stream(x, L)),
+                                  mode | (4 * _stream(x, y, L)),
                                   eps, np.empty(R))
 
 
@@ -270,7 +287,7 @@ def group_norm(x, y, N, C, G, S, w, b, eps):
             return _group_norm_split(kern, x, y, N, C, G, S, w, b, eps)
         shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
         kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, shift, dmean,
-                                rstd, _stream(x, S))
+                                rstd, _stream(x, y, S))
     return shift, dmean, rstd
 
 
@@ -288,7 +305,7 @@ def _group_norm_split(kern, x, y, N, C, G, S, w, b, eps):
     beta = np.ascontiguousarray(np.broadcast_to(b, (N, C))).reshape(-1)
     kern["apply_segments"](x, y, N * C, N * C, S, _n_chunks(S),
                            per_segment(shift), per_segment(dmean), scale, beta,
-                           _stream(x, S, split=True))
+                           _stream(x, y, S, split=True))
     return shift, dmean, rstd
 
 
@@ -368,7 +385,7 @@ def segments_affine(x, y, N, C, S, shift, dmean, scale, beta):
     with _launch(N * C * S) as kern:
         kern["apply_segments"](x, y, N * C, C, S, _n_chunks(S), shift, dmean,
                                scale, beta,
-                               _stream(x, min(S, CHUNK), one_pass=True))
+                               _stream(x, y, min(S, CHUNK), one_pass=True))
 
 
 def affine(x, y, a, b):

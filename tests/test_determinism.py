@@ -133,9 +133,26 @@ def test_streaming_thresholds_follow_the_last_level_cache(tmp_path):
     below = np.empty((half // L - 1, L), np.float32)
     at = np.empty((half // L, L), np.float32)
     twice = np.empty((2 * half // L, L), np.float32)
-    assert not _dispatch._stream(below, L) and _dispatch._stream(at, L)
+    assert not _dispatch._stream(below, below, L)
+    assert _dispatch._stream(at, at, L)
     for kind in ({"split": True}, {"one_pass": True}):
-        assert not _dispatch._stream(at, L, **kind)
-        assert _dispatch._stream(twice, L, **kind)
+        assert not _dispatch._stream(at, at, L, **kind)
+        assert _dispatch._stream(twice, twice, L, **kind)
     # short rows never stream, whatever the size
-    assert not _dispatch._stream(twice, _dispatch.K.SHORT_ROW)
+    assert not _dispatch._stream(twice, twice, _dispatch.K.SHORT_ROW)
+
+
+@pytest.mark.parametrize("apart, streams", [(0, True), (4, False), (16, False),
+                                            (124, False), (128, True),
+                                            (2048, True), (4092, True)])
+def test_no_streaming_stores_into_an_output_just_past_the_input(apart, streams):
+    """Streaming stores a few dozen bytes past x modulo 4 KiB stall the
+    loads of x (4K aliasing): such an output is written with plain stores."""
+    n = _dispatch.NT_MIN_BYTES // 4
+    x = np.empty(n, np.float32)
+    buf = np.empty(n * 4 + 8192, np.uint8)
+    o = (x.__array_interface__["data"][0] + apart
+         - buf.__array_interface__["data"][0]) % 4096
+    y = buf[o:o + n * 4].view(np.float32)
+    assert (_dispatch._address(y) - _dispatch._address(x)) % 4096 == apart
+    assert _dispatch._stream(x, y, 4096) is streams
