@@ -716,22 +716,8 @@ def plot(results, path, env):
 
 
 def llc_bytes():
-    best = 0
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for d in os.listdir(base):
-            if not d.startswith("index"):
-                continue
-            with open(os.path.join(base, d, "type")) as f:
-                if f.read().strip() == "Instruction":
-                    continue
-            with open(os.path.join(base, d, "size")) as f:
-                s = f.read().strip()
-            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1], 1)
-            best = max(best, int(s.rstrip("KMG")) * mult)
-    except (OSError, ValueError):
-        pass
-    return best or (8 << 20)
+    """The last-level cache as numbanorm reads it (8 MiB where unknown)."""
+    return _dispatch._last_level_cache_bytes() or (8 << 20)
 
 
 # ---------------------------------------------------------------------------

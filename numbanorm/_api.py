@@ -52,7 +52,9 @@ def _check_dtype_ndim(x, fn, min_ndim, what):
 
 def _check_groups(num_groups, shape, fn):
     """num_groups as an int > 0 dividing C = shape[1]."""
-    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
+    if type(num_groups) is int:  # the common case, fast
+        pass
+    elif isinstance(num_groups, (bool, np.bool_)) or not isinstance(
             num_groups, (numbers.Integral, np.integer)):
         raise TypeError(f"{fn}: num_groups must be an int, got {num_groups!r}")
     G = int(num_groups)
@@ -134,7 +136,7 @@ def _param(p, name, shape, fn, what):
     if p is None:
         return None
     return np.ascontiguousarray(_checked_param(p, name, shape, fn, what),
-                                dtype=np.float64).reshape(-1)
+                                dtype=np.float64).ravel()
 
 
 def _checked_param(p, name, shape, fn, what):
@@ -456,6 +458,8 @@ def _channel_norm(fn, x, dt, G, weight, bias, eps, out, return_stats):
         k, d, rstd = run(
             kx, ky, N, C, G, S, np.ones(C) if w is None else w,
             np.zeros(C) if b is None else b, eps)
+        if not return_stats:
+            return y
         mean = k + d
     else:
         mean = rstd = np.full(N * G, np.nan)

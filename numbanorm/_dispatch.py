@@ -13,6 +13,7 @@ import types
 import numba
 import numpy as np
 from numba import njit
+from numba.np.ufunc import parallel as _numba_parallel
 
 from . import _kernels as K
 from . import _threading
@@ -42,6 +43,15 @@ _EMPTY = np.empty(0)
 
 
 def num_threads():
+    """numba.get_num_threads(). Once the threading layer is up, its getter
+    is asked directly, without numba's launch check and its two locks:
+    0.4 us a call against 2.5 (measured on a Zen 1), and a parallel call
+    asks up to three times."""
+    if getattr(_numba_parallel, "_is_initialized", False):
+        get = getattr(_numba_parallel, "_get_num_threads", None)
+        n = get() if get is not None else 0
+        if n > 0:
+            return n
     return numba.get_num_threads()
 
 
@@ -49,7 +59,7 @@ def use_parallel(n_elements):
     # parallel_allowed first: numba.get_num_threads() starts the threading
     # layer, which serial mode must never do
     return (_threading.parallel_allowed() and n_elements >= PARALLEL_MIN_ELEMENTS
-            and numba.get_num_threads() > 1)
+            and num_threads() > 1)
 
 
 class _launch:
@@ -79,7 +89,7 @@ def _split_rows(R, L):
     """Split rows into chunks when one task per row would leave threads
     idle: fewer rows than a balanced multiple of the thread count, and rows
     long enough to be worth cutting."""
-    T = numba.get_num_threads()
+    T = num_threads()
     if L < 2 * CHUNK:
         return False
     return R / (T * math.ceil(R / T)) < 0.9
@@ -110,7 +120,7 @@ def _tile_rows(R, L, kern, nbytes=None):
     else:
         tr = max(1, (1 << 14) // L)
     if kern is _PARALLEL:
-        tr = min(tr, max(1, R // (4 * numba.get_num_threads())))
+        tr = min(tr, max(1, R // (4 * num_threads())))
     return tr
 
 
@@ -286,8 +296,13 @@ def group_norm(x, y, N, C, G, S, w, b, eps):
         if kern is _PARALLEL and _split_rows(R, L):
             return _group_norm_split(kern, x, y, N, C, G, S, w, b, eps)
         shift, dmean, rstd = np.empty(R), np.empty(R), np.empty(R)
-        kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, shift, dmean,
-                                rstd, _stream(x, y, S))
+        if L <= K.SHORT_ROW:
+            kern["group_norm_short"](x, y, R, G, Cg, S,
+                                     _tile_rows(R, L, kern, x.nbytes), w, b,
+                                     eps, shift, dmean, rstd)
+        else:
+            kern["group_norm_rows"](x, y, R, G, Cg, S, w, b, eps, shift,
+                                    dmean, rstd, _stream(x, y, S))
     return shift, dmean, rstd
 
 

@@ -831,13 +831,20 @@ def short_rows(x, y, R, L, TR, w, b, mode, eps, shift, dmean, rstd):
 @register_jitable(inline="always")
 def _short_tile(x, y, r0, r1, L, w, b, mode, eps, shift, dmean, rstd):
     """short_rows's task: rows r0..r1's statistics, then their output."""
+    _short_stats(x, r0, r1, L, eps, shift, dmean, rstd)
+    _rows_apply(x, y, r0, r1, L, shift, dmean, rstd, w, b, mode)
+
+
+@register_jitable(inline="always")
+def _short_stats(x, r0, r1, L, eps, shift, dmean, rstd):
+    """(shift, dmean, rstd) of rows r0..r1 of L <= CHUNK elements: the
+    statistics of _row_stats for a one-chunk row, in one call."""
     _rows_moments(x, r0, r1, L, shift, dmean, rstd)
     for r in range(r0, r1):
         d, m2 = _row_moments(x, dmean[r], rstd[r], L)
         n, d, m2 = _merge(0.0, 0.0, 0.0, float(L), d, m2)
         dmean[r], rstd[r] = _rescued_stats(x, r * L, r * L + L, shift[r],
                                            d, m2, eps)
-    _rows_apply(x, y, r0, r1, L, shift, dmean, rstd, w, b, mode)
 
 
 def small_rows(x, y, R, L, w, b, mode, eps):
@@ -940,6 +947,38 @@ def group_norm_rows(x, y, R, G, Cg, S, w, b, eps, shift, dmean, rstd,
         for ci in range(Cg):
             _affine_out(x, y, lo + ci * S, S, k, d, s * w[c0 + ci],
                         b[c0 + ci], stream)
+
+
+def group_norm_short(x, y, R, G, Cg, S, TR, w, b, eps, shift, dmean, rstd):
+    """group_norm_rows for groups of Cg * S <= SHORT_ROW elements, in tiles
+    of TR rows: the statistics of a tile in one call (as short_rows), then
+    its output in one call. A call per group and per channel, as
+    group_norm_rows makes, costs ~150 ns per group and ~50 ns per channel
+    (measured on a 2-core Zen 1): 55 ns per element of a (32, 512)
+    GroupNorm, where the arithmetic takes ~1."""
+    for t in prange((R + TR - 1) // TR):
+        r0 = t * TR
+        r1 = min(r0 + TR, R)
+        _short_stats(x, r0, r1, Cg * S, eps, shift, dmean, rstd)
+        _rows_affine(x, y, r0, r1, G, Cg, S, shift, dmean, rstd, w, b)
+
+
+@njit(cache=True, nogil=True)
+def _rows_affine(x, y, r0, r1, G, Cg, S, shift, dmean, rstd, w, b):
+    """group_norm_rows's output for rows r0..r1 (the same expressions as
+    its _affine_out calls), with unsigned indices (see _row_sums)."""
+    n = np.uint64(S)
+    for r in range(r0, r1):
+        k = shift[r]
+        d = dmean[r]
+        s = rstd[r]
+        c0 = (r % G) * Cg
+        for ci in range(Cg):
+            scale = s * w[c0 + ci]
+            c = b[c0 + ci] - d * scale
+            lo = np.uint64(r * Cg + ci) * n
+            for i in range(n):
+                _store(y, lo + i, _fma(_load(x, lo + i) - k, scale, c))
 
 
 def apply_segments(x, y, NS, P, S, nk, shift, dmean, scale, beta, stream):
@@ -1168,6 +1207,7 @@ KERNELS = {
         layer_norm_rows, short_rows, small_rows, rms_norm_rows, chunk_moments,
         chunk_sumsq,
         merge_rows, merge_rows_sumsq, apply_rows, group_norm_rows,
+        group_norm_short,
         apply_segments, merge_columns, nhwc_moments, nhwc_merge,
         nhwc_merge_channels, nhwc_apply,
         affine,

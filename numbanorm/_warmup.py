@@ -30,7 +30,9 @@ def _problems(dt):
     small, big, long_row = arr(4, 64), arr(64, 1024), arr(1, 3 * 4096 * 4)
     # rows longer than _kernels.SHORT_ROW take another kernel
     small_long, big_long = arr(2, 2048), arr(32, 2048)
+    # groups of up to _kernels.SHORT_ROW elements take their own kernel
     img, big_img = arr(2, 8, 4, 4), arr(2, 64, 32, 32)
+    long_group = arr(1, 2, 40, 40)
     nhwc = arr(2, 16, 16, 64).transpose(0, 3, 1, 2)
     out = []
     for label, x in (("small", small), ("parallel", big), ("split", long_row),
@@ -46,6 +48,7 @@ def _problems(dt):
                         lambda x=x, L=L, w=w: _api.rms_norm(x, L, w)))
     one_group = arr(1, 4, 128, 64)  # one long group: the split plan
     for label, x in (("small", img), ("parallel", big_img),
+                     ("small long-group", long_group),
                      ("split", one_group), ("channels-last", nhwc)):
         C = x.shape[1]
         out.append((f"group_norm {label}",

@@ -110,6 +110,32 @@ def test_group_norm_extremes_equal_layer_and_instance_norm():
         numbanorm.group_norm(x, 6), numbanorm.instance_norm(x))
 
 
+@pytest.mark.parametrize("shape,G", [((32, 512), 32), ((8, 512, 2, 2), 32),
+                                     ((16, 64), 64), ((4, 96, 4, 4), 3),
+                                     ((32, 64, 4, 4), 64)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_group_norm_of_many_small_groups(shape, G, dtype):
+    """Groups of up to SHORT_ROW elements take their own kernel (a tile of
+    groups per call): against the reference on offset data, fresh, into
+    out= and in place, with the statistics."""
+    rng = rng_for("gn-small-groups", shape, G, dtype)
+    dt = DTYPES[dtype]
+    x = (rng.standard_normal(shape) * 2 + 40).astype(dt)
+    C = shape[1]
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    want = ref.group_norm(x, G, w, b)
+    y, mean, rstd = numbanorm.group_norm(x, G, w, b, return_stats=True)
+    assert_close(y, want[0], dt, f"group_norm{shape} G={G}")
+    np.testing.assert_allclose(mean, want[1].reshape(mean.shape), rtol=1e-6)
+    np.testing.assert_allclose(rstd, want[2].reshape(rstd.shape), rtol=1e-5)
+    out = np.empty_like(x)
+    numbanorm.group_norm(x, G, w, b, out=out)
+    assert np.array_equal(out.view(np.uint8), y.view(np.uint8))
+    xin = x.copy()
+    numbanorm.group_norm(xin, G, w, b, out=xin)
+    assert np.array_equal(xin.view(np.uint8), y.view(np.uint8))
+
+
 @pytest.mark.parametrize("shape", [(6, 3), (4, 3, 7), (8, 16, 32, 32), (2, 3, 9000)])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_batch_norm_training(shape, dtype):
