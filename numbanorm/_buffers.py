@@ -71,19 +71,30 @@ _PAGE = 4096
 _APART = 2048
 
 
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+# id -> data address of the cached buffers: reading an address costs ~4 us
+# (measured on a Zen 1), a third of handing out a buffer
+_addresses = {}
+
+
 def _offset(buf, like):
     """The byte offset into buf at which a result for input ``like`` starts
     half a page from it (0 when there is no input)."""
     if like is None:
         return 0
-    return (like.__array_interface__["data"][0] + _APART
-            - buf.__array_interface__["data"][0]) % _PAGE
+    base = _addresses.get(id(buf))
+    if base is None:
+        base = _address(buf)
+    return (_address(like) + _APART - base) % _PAGE
 
 
 def _placed(buf, nbytes, dtype, shape, like):
-    """The result of ``nbytes`` in buf, at _offset(buf, like)."""
-    o = _offset(buf, like)
-    return buf[o:o + nbytes].view(dtype).reshape(shape)
+    """The result of ``nbytes`` in buf, at _offset(buf, like); its base is
+    buf (what _is_free counts on)."""
+    return np.ndarray(shape, dtype, buffer=buf, offset=_offset(buf, like))
 
 
 def empty(shape, dtype, like=None):
@@ -117,6 +128,7 @@ def empty(shape, dtype, like=None):
             if _evict(_state["max_bytes"] - size) > _state["max_bytes"] - size:
                 return np.empty(shape, dtype)  # full of results still in use
             buf = np.empty(size, np.uint8)
+            _addresses[id(buf)] = _address(buf)
         _cache.append(buf)
         return _placed(buf, nbytes, dtype, shape, like)
 
@@ -129,6 +141,7 @@ def _evict(limit):
     while total > limit and i < len(_cache):
         if _is_free(_cache, i):
             total -= _cache[i].size
+            _addresses.pop(id(_cache[i]), None)
             del _cache[i]
         else:
             i += 1
