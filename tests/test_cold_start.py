@@ -74,3 +74,32 @@ def test_read_only_install_uses_the_user_cache(tmp_path):
     finally:
         for dirpath, _, _ in os.walk(site):
             os.chmod(dirpath, stat.S_IRWXU)
+
+
+def test_import_and_float32_calls_leave_ml_dtypes_unimported():
+    """ml_dtypes (1.3 s to import in its 0.7.0 release) is needed only for
+    bfloat16, and no bfloat16 array exists before the user imports it:
+    numbanorm leaves it alone until then, and takes bfloat16 after."""
+    script = r"""
+import sys
+import numpy as np
+import numbanorm as nn
+x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
+w = np.ones(4)
+nn.layer_norm(x, (3, 3)); nn.rms_norm(x, 3); nn.group_norm(x, 2, w, w)
+nn.instance_norm(x); nn.batch_norm(x, w, w)
+try:
+    nn.layer_norm(x.astype(np.int32), 3)
+except TypeError as e:
+    assert "bfloat16" in str(e), e
+assert "ml_dtypes" not in sys.modules, "numbanorm imported ml_dtypes"
+import ml_dtypes
+xb = x.astype(ml_dtypes.bfloat16)
+y = nn.layer_norm(xb, 3, weight=np.ones(3, ml_dtypes.bfloat16))
+assert y.dtype == xb.dtype and np.isfinite(y.astype(np.float32)).all()
+assert nn.rms_norm(xb, 3).dtype == xb.dtype
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
