@@ -265,7 +265,11 @@ def small_layer_norm(x, y, R, L, w, b, mode, eps):
     build, one task, statistics discarded (see _kernels.small_rows)."""
     if w is None or b is None:
         w, b = _pair(w, b)
-    _SERIAL["small_rows"](x, y, R, L, w, b, mode, eps)
+    if L <= K.SHORT_ROW:
+        _SERIAL["small_rows"](x, y, R, L, w, b, mode, eps)
+    else:
+        _SERIAL["layer_norm_rows"](x, y, R, L, R, w, b, mode, eps,
+                                   np.empty(R), np.empty(R), np.empty(R))
 
 
 def rms_norm(x, y, R, L, w, mode, eps):

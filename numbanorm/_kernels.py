@@ -848,17 +848,16 @@ def _short_stats(x, r0, r1, L, eps, shift, dmean, rstd):
 
 
 def small_rows(x, y, R, L, w, b, mode, eps):
-    """A whole LayerNorm of few elements in one serial task, as one tile of
-    short_rows or layer_norm_rows (the same arithmetic), its statistics
-    kept in a scratch array made here: each array argument of a kernel
-    call costs ~0.2 us to pass (measured on a 2-core Zen 1: 1.6 us for a
-    call with 7 arrays that does nothing, 1.0 us with 4), as much as the
-    arithmetic of a 768-element row."""
+    """A whole LayerNorm of few rows of at most SHORT_ROW elements in one
+    serial task, as one tile of short_rows (the same arithmetic), its
+    statistics kept in a scratch array made here: each array argument of a
+    kernel call costs ~0.2 us to pass (measured on a 2-core Zen 1: 1.6 us
+    for a call with 7 arrays that does nothing, 1.0 us with 4), as much as
+    the arithmetic of a 768-element row. (Longer rows go to
+    layer_norm_rows: inlining its tile here made this kernel take 25 s to
+    compile per signature instead of a few.)"""
     s = np.empty((3, R))
-    if L <= SHORT_ROW:
-        _short_tile(x, y, 0, R, L, w, b, mode, eps, s[0], s[1], s[2])
-    else:
-        _rows_tile(x, y, 0, R, L, w, b, mode, eps, s[0], s[1], s[2])
+    _short_tile(x, y, 0, R, L, w, b, mode, eps, s[0], s[1], s[2])
 
 
 def rms_norm_rows(x, y, R, L, TR, w, mode, eps, rstd):
