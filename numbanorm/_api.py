@@ -34,9 +34,15 @@ def _bf16():
     return dt
 
 
+def _is_bf16(dt):
+    # (not dt == _bf16(): numpy takes dtype == None for dtype == float64)
+    bf = _bf16()
+    return bf is not None and dt == bf
+
+
 def _finfo(dt):
     """np.finfo, or ml_dtypes.finfo for bfloat16."""
-    if dt == _bf16():
+    if _is_bf16(dt):
         return sys.modules["ml_dtypes"].finfo(dt)
     return np.finfo(dt)
 
@@ -59,7 +65,7 @@ def _check_dtype_ndim(x, fn, min_ndim, what):
     """x's dtype in native byte order, if supported, and its rank (x: any
     array-like with .dtype, .ndim and .shape, numpy or Dask)."""
     dt = _native(x.dtype)
-    if dt not in _KERNEL_VIEW and dt != _bf16():
+    if dt not in _KERNEL_VIEW and not _is_bf16(dt):
         raise TypeError(
             f"{fn}: x has dtype {x.dtype}; supported: float32, float64, "
             "float16, bfloat16")
@@ -161,7 +167,7 @@ def _param(p, name, shape, fn, what):
 
 def _checked_param(p, name, shape, fn, what):
     a = np.asarray(p)
-    if a.dtype.kind not in "fiu" and a.dtype != _bf16():
+    if a.dtype.kind not in "fiu" and not _is_bf16(a.dtype):
         raise TypeError(f"{fn}: {name} must be a real array, got dtype {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(

@@ -88,10 +88,23 @@ x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
 w = np.ones(4)
 nn.layer_norm(x, (3, 3)); nn.rms_norm(x, 3); nn.group_norm(x, 2, w, w)
 nn.instance_norm(x); nn.batch_norm(x, w, w)
-try:
-    nn.layer_norm(x.astype(np.int32), 3)
-except TypeError as e:
-    assert "bfloat16" in str(e), e
+for dt in (np.float64, np.float16):  # rms_norm's default eps per dtype
+    y = nn.rms_norm(x.astype(dt), 3)
+    assert y.dtype == dt and np.isfinite(y).all()
+for bad in (np.int32, np.complex64, np.bool_):
+    try:
+        nn.layer_norm(x.astype(bad), 3)
+    except TypeError as e:
+        assert "bfloat16" in str(e), e
+    else:
+        raise AssertionError(f"{bad} accepted")
+    try:
+        nn.layer_norm(x, 3, weight=np.ones(3, bad) if bad is not np.int32
+                      else np.ones(3, np.complex64))
+    except TypeError as e:
+        assert "weight" in str(e), e
+    else:
+        raise AssertionError(f"weight of {bad} accepted")
 assert "ml_dtypes" not in sys.modules, "numbanorm imported ml_dtypes"
 import ml_dtypes
 xb = x.astype(ml_dtypes.bfloat16)
