@@ -4,7 +4,6 @@ hand over to _dispatch.py. Nothing here loops over data."""
 import math
 import numbers
 import operator
-
 import sys
 
 import numpy as np
