@@ -42,7 +42,7 @@ def info():
         "cpu": _cpu_name(),
         # the streaming-store thresholds are taken from it (_dispatch._stream)
         "last_level_cache": "{:.0f} MiB{}".format(
-            _dispatch.LLC_BYTES / 2**20, "" if _dispatch._last_level_cache_bytes()
+            _dispatch.LLC_BYTES / 2**20, "" if _dispatch.LLC_REPORTED
             else " (not reported by the OS; assumed)"),
         "buffer_cache": "{:.0f} of {:.0f} MiB held, {:.0f} MiB in use".format(
             held / 2**20, _buffers._state["max_bytes"] / 2**20, in_use / 2**20),

@@ -189,7 +189,8 @@ def _last_level_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
 # The last-level cache the streaming-store thresholds are taken from; where
 # it cannot be read, 32 MiB, the L3 of the Zen 4 machine the thresholds
 # were first measured on.
-LLC_BYTES = _last_level_cache_bytes() or (32 << 20)
+LLC_REPORTED = _last_level_cache_bytes()
+LLC_BYTES = LLC_REPORTED or (32 << 20)
 # From this input size on, outputs of whole rows are written with streaming
 # stores (see _stream): x and y together no longer fit the last-level cache.
 NT_MIN_BYTES = LLC_BYTES // 2
