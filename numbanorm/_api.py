@@ -46,6 +46,30 @@ def _finfo(dt):
     return np.finfo(dt)
 
 
+class _Exporter:
+    """Presents an array interface; np.asarray of it is a view whose base
+    keeps the exporter, and through it the original array, alive."""
+    __slots__ = ("__array_interface__", "_base")
+
+
+def _writeable(a):
+    """a itself, or for a read-only array a writeable view of its memory.
+
+    numba types a read-only array apart from a writeable one and compiles
+    every kernel again for it (seconds per signature, and outside what
+    `numbanorm compile` prepares), although no kernel writes its inputs.
+    The view is for the kernels only, which never write through it: the
+    caller's array and its flags are untouched."""
+    if a.flags.writeable:
+        return a
+    e = _Exporter()
+    iface = dict(a.__array_interface__)
+    iface["data"] = (iface["data"][0], False)
+    e.__array_interface__ = iface
+    e._base = a
+    return np.asarray(e)
+
+
 # ---------------------------------------------------------------------------
 # validation helpers
 
@@ -160,8 +184,8 @@ def _param(p, name, shape, fn, what):
     """A weight/bias/running statistic as a C-contiguous float64 copy."""
     if p is None:
         return None
-    return np.ascontiguousarray(_checked_param(p, name, shape, fn, what),
-                                dtype=np.float64).ravel()
+    return _writeable(np.ascontiguousarray(
+        _checked_param(p, name, shape, fn, what), dtype=np.float64).ravel())
 
 
 def _checked_param(p, name, shape, fn, what):
@@ -201,14 +225,15 @@ def _trailing_params(params, shape, fn, dt, rows):
     given = [a for a in arrays if a is not None]
     if given and all(a.dtype == dt and a.flags.c_contiguous for a in given):
         return [None if a is None else _flat(a, dt) for a in arrays]
-    return [None if a is None else np.ascontiguousarray(a, np.float64).reshape(-1)
+    return [None if a is None
+            else _writeable(np.ascontiguousarray(a, np.float64).reshape(-1))
             for a in arrays]
 
 
 def _flat(a, dt):
     """A C-contiguous array of dtype dt as the flat buffer the kernels take
     (float16/bfloat16 as their bit patterns)."""
-    flat = a.reshape(-1)
+    flat = _writeable(a.reshape(-1))
     view = _KERNEL_VIEW[dt]
     return flat if view is None else flat.view(view)
 
@@ -247,7 +272,7 @@ def _prepare(x, dt, out):
     direct = x.flags.c_contiguous and x.dtype == dt
     if out is None and direct and _KERNEL_VIEW[dt] is None:  # fast path
         y = _buffers.empty(x.shape, dt, like=x)
-        return y, x.reshape(-1), y.reshape(-1)
+        return y, _writeable(x.reshape(-1)), y.reshape(-1)
     if out is not None and out is not x and direct and \
             np.may_share_memory(out, x) and not (
                 out.__array_interface__["data"][0]
@@ -350,17 +375,20 @@ def _small_layer_norm(x, L, w, b, eps, out):
     dt = x.dtype
     n = x.size
     if not (dt in _SMALL_DTYPES and 0 < n < _dispatch.PARALLEL_MIN_ELEMENTS
-            and x.ndim and x.shape[-1] == L and x.flags.c_contiguous):
+            and x.ndim and x.shape[-1] == L and (f := x.flags).c_contiguous
+            and f.writeable):  # read-only arrays: see _writeable
         return None
     mode = 0
     if w is not None:
         if not (type(w) is np.ndarray and (w.dtype is dt or w.dtype == dt)
-                and w.shape == (L,) and w.flags.c_contiguous):
+                and w.shape == (L,) and (f := w.flags).c_contiguous
+                and f.writeable):
             return None
         mode = 1
     if b is not None:
         if not (type(b) is np.ndarray and (b.dtype is dt or b.dtype == dt)
-                and b.shape == (L,) and b.flags.c_contiguous):
+                and b.shape == (L,) and (f := b.flags).c_contiguous
+                and f.writeable):
             return None
         mode |= 2
     if out is None:

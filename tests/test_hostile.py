@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import numbanorm
+from numbanorm import _dispatch
 from tests import reference as ref
 from tests.conftest import DTYPES, OPS, allowed_error, assert_close, rng_for
 
@@ -332,13 +333,20 @@ def _readonly(a):
     return a
 
 
-@pytest.mark.parametrize("dtype,layout", [(d, lay) for d in ALL_DTYPES for lay in ("contiguous", "transposed",
-                                                                                  "byteswapped")
-                                          if not (d == "bfloat16" and lay == "byteswapped")])
+def _compiled_signatures():
+    return sum(len(d.signatures) for table in (_dispatch._SERIAL, _dispatch._PARALLEL)
+               for d in table.values())
+
+
+@pytest.mark.parametrize("dtype,layout,size",
+                         [(d, lay, "small") for d in ALL_DTYPES for lay in ("contiguous", "transposed",
+                                                                            "byteswapped")
+                          if not (d == "bfloat16" and lay == "byteswapped")]
+                         + [(d, "contiguous", "large") for d in ALL_DTYPES])
 @pytest.mark.parametrize("case", CASES)
-def test_read_only_inputs(case, dtype, layout):
-    shape = SHAPES[case]
-    rng = rng_for("readonly", case, dtype)
+def test_read_only_inputs(case, dtype, layout, size):
+    shape = (SHAPES if size == "small" else LARGE_SHAPES)[case]
+    rng = rng_for("readonly", case, dtype, size)
     x = _data(shape, dtype, rng)
     kw = _kwargs(case, shape, rng)
     expected = _call(case, x.copy(), _fresh(kw))
@@ -350,9 +358,19 @@ def test_read_only_inputs(case, dtype, layout):
         xr = _readonly(x)
     kr = {k: (_readonly(v) if isinstance(v, np.ndarray) and not (case == "batch_norm_train" and k.startswith(
         "running")) else v) for k, v in _fresh(kw).items()}
+    frozen = {k: v for k, v in kr.items() if isinstance(v, np.ndarray)
+              and not (case == "batch_norm_train" and k.startswith("running"))}
+    before = [_bits(a) for a in (xr, *frozen.values())]
+    compiled = _compiled_signatures()
     y = _call(case, xr, kr)
     assert y.flags.writeable and y.flags.c_contiguous and y.dtype == x.dtype
     assert _bits(y) == _bits(expected)
+    # read-only arrays run the kernels compiled for writeable ones (numba
+    # would otherwise compile every kernel again for them), and stay as
+    # they were, read-only
+    assert _compiled_signatures() == compiled
+    assert [_bits(a) for a in (xr, *frozen.values())] == before
+    assert not any(a.flags.writeable for a in (xr, *frozen.values()))
 
 
 @pytest.mark.parametrize("which", ["running_mean", "running_var", "both"])
