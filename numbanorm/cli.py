@@ -440,14 +440,30 @@ def _import_bench():
     return None
 
 
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _cmd_compile(args):
     import numba
 
     from numbanorm import _warmup
 
     t0 = time.perf_counter()
-    times = _warmup.compile_all()
-    kernels, hits, misses = _warmup.cache_stats()
+    times, (kernels, hits, misses) = _warmup.compile_all(jobs=args.jobs)
     for name, sec in times.items():
         print(f"{name:9s} {sec:7.2f} s")
     where = numba.config.CACHE_DIR or "next to the package, or the per-user cache " \
@@ -583,6 +599,9 @@ def build_parser():
                     "later processes load them. The cache sits next to the package, or in "
                     "the per-user cache folder when the package folder is read-only "
                     "(NUMBA_CACHE_DIR overrides both).")
+    w.add_argument("--jobs", type=_positive_int, default=_cpus(), metavar="N",
+                   help="compile in N processes at once (default: one per CPU, %(default)s "
+                        "here)")
     w.set_defaults(handler=_cmd_compile)
 
     i = sub.add_parser("info", help="versions, threading layer, thread count, CPU, cache folder")

@@ -1,6 +1,11 @@
 """Shared test machinery: the registry of ops and their references, input
 generators (dtypes, layouts, hard data), and the accuracy check."""
 
+import glob
+import os
+import subprocess
+import sys
+import time
 import zlib
 
 import ml_dtypes
@@ -9,6 +14,43 @@ import pytest
 
 import numbanorm
 from tests import reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# --------------------------------------------------- compiling the kernels
+
+COMPILE_RUN = pytest.StashKey()
+
+
+def _kernel_cache_is_empty():
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return not glob.glob(os.path.join(os.environ["NUMBA_CACHE_DIR"], "numbanorm*",
+                                          "_kernels.*.nbi"))
+    return not glob.glob(os.path.join(ROOT, "numbanorm", "__pycache__", "_kernels.*.nbi"))
+
+
+def pytest_sessionstart(session):
+    """On an empty kernel cache (a fresh clone), compile every kernel first
+    with ``numbanorm compile``, which shares the work among the CPUs; the
+    tests then load the kernels instead of compiling them one at a time.
+    test_cli.py's test_compile_fills_the_cache checks this run. With a
+    cache already there (stale or not) the tests compile what they need."""
+    if not _kernel_cache_is_empty():
+        return
+    report = session.config.pluginmanager.get_plugin("terminalreporter")
+    if report is not None:
+        report.write_line("empty kernel cache: running numbanorm compile first")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "numbanorm", "compile"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    session.config.stash[COMPILE_RUN] = proc
+    if report is not None:
+        last = (proc.stdout.strip().splitlines() or [""])[-1]
+        report.write_line(f"numbanorm compile: exit {proc.returncode} in "
+                          f"{time.perf_counter() - t:.0f} s: {last[:100]}")
+
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = {
