@@ -96,10 +96,13 @@ def _lock_cache_saves():
         return save is not None
 
     def locked_save(self, key, data):
-        fd = os.open(self._cache_path, os.O_RDONLY)
+        try:
+            fd = os.open(self._cache_path, os.O_RDONLY)
+        except OSError:  # a folder we may write but not open: unlocked
+            return save(self, key, data)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            save(self, key, data)
+            return save(self, key, data)
         finally:
             os.close(fd)  # releases the lock
 
