@@ -233,9 +233,11 @@ def _trailing_params(params, shape, fn, dt, rows):
 def _flat(a, dt):
     """A C-contiguous array of dtype dt as the flat buffer the kernels take
     (float16/bfloat16 as their bit patterns)."""
-    flat = _writeable(a.reshape(-1))
+    flat = a.reshape(-1)
     view = _KERNEL_VIEW[dt]
-    return flat if view is None else flat.view(view)
+    # the view first: the array interface of a bfloat16 array has no
+    # bfloat16 in it (numpy would rebuild it as raw 2-byte voids)
+    return _writeable(flat if view is None else flat.view(view))
 
 
 def _check_out(out, x, dt, fn, channels_last_ok=False):
