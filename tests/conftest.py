@@ -2,9 +2,11 @@
 generators (dtypes, layouts, hard data), and the accuracy check."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 
@@ -20,6 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --------------------------------------------------- compiling the kernels
 
 COMPILE_RUN = pytest.StashKey()
+# where the controller of a parallel (pytest-xdist) run leaves that compile's
+# result for its workers, which start after it
+_COMPILE_RUN_FILE = "NUMBANORM_TESTS_COMPILE_RUN"
 
 
 def _kernel_cache_is_empty():
@@ -29,13 +34,25 @@ def _kernel_cache_is_empty():
     return not glob.glob(os.path.join(ROOT, "numbanorm", "__pycache__", "_kernels.*.nbi"))
 
 
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        # Workers run side by side on one kernel cache: a test that compiles
+        # a signature saves it under the same lock as numbanorm compile's
+        # processes (see numbanorm._warmup._lock_cache_saves).
+        from numbanorm import _warmup
+
+        _warmup._lock_cache_saves()
+
+
 def pytest_sessionstart(session):
     """On an empty kernel cache (a fresh clone), compile every kernel first
     with ``numbanorm compile``, which shares the work among the CPUs; the
     tests then load the kernels instead of compiling them one at a time.
     test_cli.py's test_compile_fills_the_cache checks this run. With a
-    cache already there (stale or not) the tests compile what they need."""
-    if not _kernel_cache_is_empty():
+    cache already there (stale or not) the tests compile what they need.
+    In a parallel run only the controller compiles, before its workers
+    start."""
+    if hasattr(session.config, "workerinput") or not _kernel_cache_is_empty():
         return
     report = session.config.pluginmanager.get_plugin("terminalreporter")
     if report is not None:
@@ -46,10 +63,33 @@ def pytest_sessionstart(session):
     proc = subprocess.run([sys.executable, "-m", "numbanorm", "compile"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1500)
     session.config.stash[COMPILE_RUN] = proc
+    fd, path = tempfile.mkstemp(prefix="numbanorm-compile-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"args": proc.args, "returncode": proc.returncode,
+                   "stdout": proc.stdout, "stderr": proc.stderr}, f)
+    os.environ[_COMPILE_RUN_FILE] = path
     if report is not None:
         last = (proc.stdout.strip().splitlines() or [""])[-1]
         report.write_line(f"numbanorm compile: exit {proc.returncode} in "
                           f"{time.perf_counter() - t:.0f} s: {last[:100]}")
+
+
+def pytest_unconfigure(config):
+    if COMPILE_RUN in config.stash and os.environ.get(_COMPILE_RUN_FILE):
+        os.unlink(os.environ.pop(_COMPILE_RUN_FILE))
+
+
+def compile_run(config):
+    """The ``numbanorm compile`` run of pytest_sessionstart (a
+    CompletedProcess), in this process or the controller; None if there
+    was none."""
+    if COMPILE_RUN in config.stash:
+        return config.stash[COMPILE_RUN]
+    path = os.environ.get(_COMPILE_RUN_FILE)
+    if not path:
+        return None
+    with open(path) as f:
+        return subprocess.CompletedProcess(**json.load(f))
 
 
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_ops
 from tests import reference
-from tests.conftest import COMPILE_RUN
+from tests.conftest import compile_run
 
 ROOT = Path(__file__).resolve().parent.parent
 OP_LABELS = {"LayerNorm", "RMSNorm", "GroupNorm G=32", "InstanceNorm", "BatchNorm"}
@@ -353,7 +353,7 @@ def test_info():
 def test_compile_fills_the_cache(request):
     # On an empty cache, conftest ran numbanorm compile before the tests
     # (~150 s on a 2-core Zen 1 with its two processes, ~320 s in one).
-    proc = request.config.stash.get(COMPILE_RUN, None) or numbanorm("compile", timeout=1500)
+    proc = compile_run(request.config) or numbanorm("compile", timeout=1500)
     assert proc.returncode == 0, explain(proc)
     last = proc.stdout.strip().splitlines()[-1]
     m = re.match(r"(\d+) kernels, (\d+) signatures compiled, (\d+) loaded", last)
