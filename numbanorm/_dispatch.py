@@ -273,6 +273,14 @@ def small_layer_norm(x, y, R, L, w, b, mode, eps):
                                    np.empty(R), np.empty(R), np.empty(R))
 
 
+def small_rms_norm(x, y, R, L, w, b, mode, eps):
+    """rms_norm for fewer than PARALLEL_MIN_ELEMENTS elements: the serial
+    build, one call (b is None; w, when given, in x's dtype)."""
+    _SERIAL["rms_norm_rows"](x, y, R, L, _tile_rows(R, L, _SERIAL),
+                             _EMPTY if w is None else w, mode, eps,
+                             np.empty(R))
+
+
 def rms_norm(x, y, R, L, w, mode, eps):
     w, empty = _pair(w, None)
     with _launch(R * L) as kern:

@@ -303,8 +303,9 @@ def test_batch_norm_training_same_bits_on_every_scheduler(cluster_client):
 # laziness: building a graph runs no kernel
 
 
-KERNELS = ["layer_norm", "rms_norm", "group_norm", "batch_norm_stats",
-           "segments_affine"]
+KERNELS = ["layer_norm", "small_layer_norm", "rms_norm", "small_rms_norm",
+           "group_norm", "batch_norm_stats", "batch_norm_stats_nhwc",
+           "segments_affine", "affine_nhwc"]
 
 
 @pytest.fixture

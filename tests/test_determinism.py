@@ -52,10 +52,12 @@ def test_bit_identical_across_plans(op, k, dtype, monkeypatch):
 
 
 # rows or segments long enough for streaming stores (see _dispatch._stream):
-# whole rows, split rows (on 2 threads), groups, channels, BatchNorm chunks
+# whole rows, split rows (on 2 threads), groups, channels, BatchNorm chunks;
+# from 2**15 elements (below, the small LayerNorm/RMSNorm path, which never
+# streams)
 STREAM_SHAPES = {
-    "layer_norm": [(6, 1537), (3, 20000)],
-    "rms_norm": [(6, 1537), (3, 20000)],
+    "layer_norm": [(24, 1537), (3, 20000)],
+    "rms_norm": [(24, 1537), (3, 20000)],
     "group_norm": [(2, 6, 40, 41)],
     "instance_norm": [(2, 3, 40, 41)],
     "batch_norm": [(3, 2, 20000)],

@@ -136,7 +136,8 @@ def test_group_norm_of_many_small_groups(shape, G, dtype):
     assert np.array_equal(xin.view(np.uint8), y.view(np.uint8))
 
 
-@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 7), (8, 16, 32, 32), (2, 3, 9000)])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 7), (8, 16, 32, 32), (2, 3, 9000),
+                                   (600, 64), (300, 64, 1, 1)])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_batch_norm_training(shape, dtype):
     rng = rng_for("bn-train", shape, dtype)
@@ -154,6 +155,74 @@ def test_batch_norm_training(shape, dtype):
     # without running statistics: normalizes all the same
     y2 = numbanorm.batch_norm(x, None, None, w, b, training=True)
     assert np.array_equal(y, y2)
+
+
+# One position per channel ((N, C), BatchNorm1d's input, or (N, C, 1, 1)):
+# the channels-last kernels over one sample of N positions; serial and
+# parallel sizes.
+@pytest.mark.parametrize("shape", [(5, 3), (32, 256), (600, 64), (4096, 16),
+                                   (300, 64, 1, 1)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_batch_norm_one_position_per_channel(shape, dtype, training):
+    rng = rng_for("bn-rows", shape, dtype, training)
+    offset = 300 if dtype == "float16" else 1e4
+    x = (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+    C = shape[1]
+    rm = rng.standard_normal(C) + offset
+    rv = rng.random(C) + 0.5
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    y_ref = ref.batch_norm(x, rm, rv, w, b, training=training)
+    y_ref = y_ref[0] if isinstance(y_ref, tuple) else y_ref
+    y = numbanorm.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training)
+    assert_close(y, y_ref, dtype, f"batch_norm{shape} training={training}")
+    # the (N, C) and (N, C, 1, 1) views of the same data agree bitwise
+    x4 = x.reshape(x.shape[:2] + (1, 1))
+    y4 = numbanorm.batch_norm(x4, rm.copy(), rv.copy(), w, b, training=training)
+    assert np.array_equal(y4.reshape(y.shape).view(np.uint8), y.view(np.uint8))
+
+
+# The small calls' fast paths (fewer than 2**15 elements, C-contiguous
+# float32/float64 data, parameters as float32/float64 arrays, eps a float)
+# against the general path, taken here by passing the same parameters as
+# lists and eps as a numpy float: the same bits. The fast path skips
+# _check_x; the general path runs it.
+SMALL_CALLS = {
+    "layer_norm": [(1, 768), (8, 768), (3, 2048)],
+    "rms_norm": [(1, 768), (8, 768), (3, 2048)],
+    "group_norm": [(1, 32, 4, 4), (2, 64, 8, 16), (1, 8, 3000)],
+    "instance_norm": [(1, 3, 64, 64), (2, 8, 16)],
+    "batch_norm": [(1, 64, 8, 8), (32, 256), (4, 3, 7)],
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
+def test_small_calls_match_the_general_path(op, affine, dtype, monkeypatch):
+    from numbanorm import _api
+
+    checks = []
+    real = _api._check_x
+    monkeypatch.setattr(_api, "_check_x", lambda *a: checks.append(1) or real(*a))
+    for shape in SMALL_CALLS[op.name]:
+        rng = rng_for("small", op.name, shape, dtype, affine)
+        x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
+        kw = op.params(shape, affine, rng)
+        arrays = {k: v.astype(dtype) if isinstance(v, np.ndarray) else v
+                  for k, v in kw.items()}
+        lists = {k: v.tolist() if isinstance(v, np.ndarray) else v
+                 for k, v in arrays.items()}
+        lists["eps"] = np.float64(np.finfo(dtype).eps if op.name == "rms_norm" else 1e-5)
+        del checks[:]
+        fast = op.call(x, **arrays)
+        assert not checks, f"{op.name}{shape}: the small path was not taken"
+        general = op.call(x, **lists)
+        assert checks, f"{op.name}{shape}: the general path was not taken"
+        assert np.array_equal(fast.view(np.uint8), general.view(np.uint8)), shape
+        out = np.full_like(x, np.nan)
+        assert op.call(x, **arrays, out=out) is out
+        assert np.array_equal(out.view(np.uint8), general.view(np.uint8)), shape
+        assert_close(fast, op.reference(x, **kw), dtype, f"{op.name}{shape}")
 
 
 def test_rms_norm_default_eps_is_dtype_epsilon():
