@@ -182,23 +182,25 @@ def test_batch_norm_one_position_per_channel(shape, dtype, training):
     assert np.array_equal(y4.reshape(y.shape).view(np.uint8), y.view(np.uint8))
 
 
-# The small calls' fast paths (fewer than 2**15 elements, C-contiguous
-# float32/float64 data, parameters as float32/float64 arrays, eps a float)
+# The common calls' fast paths (C-contiguous float32/float64 data,
+# parameters as float32/float64 arrays, eps a float; for LayerNorm and
+# RMSNorm, fewer than 2**15 elements)
 # against the general path, taken here by passing the same parameters as
 # lists and eps as a numpy float: the same bits. The fast path skips
 # _check_x; the general path runs it.
 SMALL_CALLS = {
     "layer_norm": [(1, 768), (8, 768), (3, 2048)],
     "rms_norm": [(1, 768), (8, 768), (3, 2048)],
-    "group_norm": [(1, 32, 4, 4), (2, 64, 8, 16), (1, 8, 3000)],
-    "instance_norm": [(1, 3, 64, 64), (2, 8, 16)],
-    "batch_norm": [(1, 64, 8, 8), (32, 256), (4, 3, 7)],
+    # the channel norms take it at any size: also parallel ones
+    "group_norm": [(1, 32, 4, 4), (2, 64, 8, 16), (1, 8, 3000), (2, 64, 32, 32)],
+    "instance_norm": [(1, 3, 64, 64), (2, 8, 16), (1, 8, 64, 64)],
+    "batch_norm": [(1, 64, 8, 8), (32, 256), (4, 3, 7), (4, 64, 16, 16), (600, 64)],
 }
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
-def test_small_calls_match_the_general_path(op, affine, dtype, monkeypatch):
+def test_fast_paths_match_the_general_path(op, affine, dtype, monkeypatch):
     from numbanorm import _api
 
     checks = []
@@ -215,7 +217,7 @@ def test_small_calls_match_the_general_path(op, affine, dtype, monkeypatch):
         lists["eps"] = np.float64(np.finfo(dtype).eps if op.name == "rms_norm" else 1e-5)
         del checks[:]
         fast = op.call(x, **arrays)
-        assert not checks, f"{op.name}{shape}: the small path was not taken"
+        assert not checks, f"{op.name}{shape}: the fast path was not taken"
         general = op.call(x, **lists)
         assert checks, f"{op.name}{shape}: the general path was not taken"
         assert np.array_equal(fast.view(np.uint8), general.view(np.uint8)), shape
