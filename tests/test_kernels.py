@@ -182,6 +182,36 @@ def test_batch_norm_one_position_per_channel(shape, dtype, training):
     assert np.array_equal(y4.reshape(y.shape).view(np.uint8), y.view(np.uint8))
 
 
+# BatchNorm inference with short per-channel segments runs many samples as
+# rows with repeated parameters (_dispatch.segments_affine): the same bits
+# as the per-segment plan, and right against the reference.
+@pytest.mark.parametrize("shape", [(64, 8, 2), (40, 16, 3, 3), (32, 4, 32), (600, 5, 7)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_batch_norm_short_segments(shape, dtype, monkeypatch):
+    from numbanorm import _dispatch
+
+    rng = rng_for("bn-short", shape, dtype)
+    offset = 300 if dtype == "float16" else 1e4
+    x = (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+    C = shape[1]
+    rm, rv = rng.standard_normal(C) + offset, rng.random(C) + 0.5
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    calls = []
+    real = _dispatch._PARALLEL["nhwc_apply"], _dispatch._SERIAL["nhwc_apply"]
+    monkeypatch.setitem(_dispatch._PARALLEL, "nhwc_apply",
+                        lambda *a: calls.append(1) or real[0](*a))
+    monkeypatch.setitem(_dispatch._SERIAL, "nhwc_apply",
+                        lambda *a: calls.append(1) or real[1](*a))
+    y = numbanorm.batch_norm(x, rm, rv, w, b)
+    assert calls, "the rows plan was not taken"
+    y_ref = ref.batch_norm(x, rm, rv, w, b)
+    y_ref = y_ref[0] if isinstance(y_ref, tuple) else y_ref
+    assert_close(y, y_ref, dtype, f"batch_norm{shape}")
+    monkeypatch.setattr(_dispatch, "SHORT_SEGMENT", 0)
+    segments = numbanorm.batch_norm(x, rm, rv, w, b)
+    assert np.array_equal(y.view(np.uint8), segments.view(np.uint8))
+
+
 # The common calls' fast paths (C-contiguous float32/float64 data,
 # parameters as float32/float64 arrays, eps a float; for LayerNorm and
 # RMSNorm, fewer than 2**15 elements)
