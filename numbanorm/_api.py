@@ -361,18 +361,22 @@ def _affine_mode(w, b):
 
 
 _SMALL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# rms_norm's default eps for the small path (np.finfo costs ~2 us a call)
+# rms_norm's default eps for the plain path (np.finfo costs ~2 us a call)
 _MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in _SMALL_DTYPES}
 
 
-def _small_rows(kernel, x, L, w, b, eps, out):
-    """The common small LayerNorm or RMSNorm call (a few rows: inference on
-    one token or one sample) with the checks it needs and no more, run by
-    ``kernel`` (_dispatch.small_layer_norm or small_rms_norm; b is None for
-    RMSNorm); None when anything is unusual, and the general path then
-    validates and explains. A Python-level detour costs more than the
-    kernel on such sizes (each attribute read below costs ~0.1 us on a
-    2-core Zen 1, the kernel ~2 us)."""
+def _plain_rows(kernel, x, L, w, b, eps, out):
+    """The common LayerNorm or RMSNorm call (kernel: _dispatch.small_layer_norm
+    or small_rms_norm, which runs it below 2**15 elements; b None for
+    RMSNorm) on
+    C-contiguous float32/float64 x with parameters of its dtype, with the
+    checks it needs and no more; None when anything is unusual, and the
+    general path then validates and explains. Fewer than 2**15 elements (a
+    few rows: inference on one token or one sample) run one serial kernel,
+    where a Python-level detour costs more than the kernel (each attribute
+    read below costs ~0.1 us on a 2-core Zen 1, the kernel ~2 us); larger
+    calls skip ~25-30 us of the general path's validation, a third of a
+    (8, 4096) LayerNorm."""
     if type(L) is tuple and len(L) == 1:
         L = L[0]
     if not (type(x) is np.ndarray and type(L) is int and type(eps) is float
@@ -380,8 +384,8 @@ def _small_rows(kernel, x, L, w, b, eps, out):
         return None
     dt = x.dtype
     n = x.size
-    if not (dt in _SMALL_DTYPES and 0 < n < _dispatch.PARALLEL_MIN_ELEMENTS
-            and x.ndim and x.shape[-1] == L and (f := x.flags).c_contiguous
+    if not (dt in _SMALL_DTYPES and n and x.ndim and x.shape[-1] == L
+            and (f := x.flags).c_contiguous
             and f.writeable):  # read-only arrays: see _writeable
         return None
     mode = 0
@@ -397,8 +401,9 @@ def _small_rows(kernel, x, L, w, b, eps, out):
                 and f.writeable):
             return None
         mode |= 2
+    small = n < _dispatch.PARALLEL_MIN_ELEMENTS
     if out is None:
-        y = np.empty(x.shape, dt)
+        y = np.empty(x.shape, dt) if small else _buffers.empty(x.shape, dt, like=x)
     elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape
           and out.flags.c_contiguous and out.flags.writeable
           and (out is x or not np.may_share_memory(out, x))
@@ -407,13 +412,23 @@ def _small_rows(kernel, x, L, w, b, eps, out):
         y = out
     else:
         return None
+    R = n // L
     # ravel: a view of a C-contiguous array, and cheaper than reshape(-1)
-    kernel(x.ravel(), y.ravel(), n // L, L, w, b, mode, eps)
+    if small:
+        kernel(x.ravel(), y.ravel(), R, L, w, b, mode, eps)
+        return y
+    if R >= _WIDEN_PARAMS_MIN_ROWS:  # as _trailing_params
+        w = None if w is None else w.astype(np.float64)
+        b = None if b is None else b.astype(np.float64)
+    if kernel is _dispatch.small_rms_norm:
+        _dispatch.rms_norm(x.ravel(), y.ravel(), R, L, w, mode, eps)
+    else:
+        _dispatch.layer_norm(x.ravel(), y.ravel(), R, L, w, b, mode, eps)
     return y
 
 
 def _plain_channels(x, eps, out):
-    """_small_rows's checks for the per-channel norms (GroupNorm,
+    """_plain_rows's checks for the per-channel norms (GroupNorm,
     InstanceNorm, BatchNorm inference), at any size: (y, N, C, S) for a
     non-empty C-contiguous float32/float64 x, else None."""
     if not (type(x) is np.ndarray and type(eps) is float
@@ -447,7 +462,7 @@ def _plain_channel_param(p, C):
 def _plain_group_norm(x, G, weight, bias, eps, out):
     """group_norm's (and instance_norm's, G = C) common call (C-contiguous
     float32/float64 x, parameters absent or float32/float64 arrays), with
-    the checks it needs and no more, as _small_rows; None when anything is
+    the checks it needs and no more, as _plain_rows; None when anything is
     unusual. The general path's Python costs ~25 us a call on a 2-core Zen
     1: 2-4x the kernel's time on small inputs, and still ~0.3x on the
     (1, 256, 14, 14) of a CNN's inference."""
@@ -537,7 +552,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *,
     float64 computation also for data with a large offset.
     """
     if not return_stats:
-        y = _small_rows(_dispatch.small_layer_norm, x, normalized_shape,
+        y = _plain_rows(_dispatch.small_layer_norm, x, normalized_shape,
                         weight, bias, eps, out)
         if y is not None:
             return y
@@ -573,8 +588,8 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     ``torch.nn.functional.rms_norm``; ``eps=None`` uses the machine epsilon
     of ``x``'s dtype. Arguments as in :func:`layer_norm`.
     """
-    y = _small_rows(_dispatch.small_rms_norm, x, normalized_shape, weight,
-                    None, _MACHINE_EPS.get(getattr(x, "dtype", None))
+    y = _plain_rows(_dispatch.small_rms_norm, x, normalized_shape, weight, None,
+                    _MACHINE_EPS.get(getattr(x, "dtype", None))
                     if eps is None else eps, out)
     if y is not None:
         return y

@@ -213,15 +213,14 @@ def test_batch_norm_short_segments(shape, dtype, monkeypatch):
 
 
 # The common calls' fast paths (C-contiguous float32/float64 data,
-# parameters as float32/float64 arrays, eps a float; for LayerNorm and
-# RMSNorm, fewer than 2**15 elements)
+# parameters as float32/float64 arrays (LayerNorm/RMSNorm: of x's dtype),
+# eps a float)
 # against the general path, taken here by passing the same parameters as
 # lists and eps as a numpy float: the same bits. The fast path skips
 # _check_x; the general path runs it.
-SMALL_CALLS = {
-    "layer_norm": [(1, 768), (8, 768), (3, 2048)],
-    "rms_norm": [(1, 768), (8, 768), (3, 2048)],
-    # the channel norms take it at any size: also parallel ones
+SMALL_CALLS = {  # serial and parallel sizes, whole and split rows
+    "layer_norm": [(1, 768), (8, 768), (3, 2048), (8, 4096), (64, 768), (3, 20000)],
+    "rms_norm": [(1, 768), (8, 768), (3, 2048), (8, 4096), (64, 768), (3, 20000)],
     "group_norm": [(1, 32, 4, 4), (2, 64, 8, 16), (1, 8, 3000), (2, 64, 32, 32)],
     "instance_norm": [(1, 3, 64, 64), (2, 8, 16), (1, 8, 64, 64)],
     "batch_norm": [(1, 64, 8, 8), (32, 256), (4, 3, 7), (4, 64, 16, 16), (600, 64)],
