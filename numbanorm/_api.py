@@ -505,12 +505,8 @@ def _plain_batch_norm(x, running_mean, running_var, weight, bias, eps, out):
     beta = np.zeros(C) if bias is None else _plain_channel_param(bias, C)
     if beta is None:
         return None
-    if S == 1:  # (N, C) rows: see batch_norm
-        _dispatch.affine_nhwc(x.ravel(), y.ravel(), 1, C, N, k, np.zeros(C),
+    _dispatch.segments_affine(x.ravel(), y.ravel(), N, C, S, k, np.zeros(C),
                               scale, beta)
-    else:
-        _dispatch.segments_affine(x.ravel(), y.ravel(), N, C, S, k,
-                                  np.zeros(C), scale, beta)
     return y
 
 
@@ -739,17 +735,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
     w, b, rm, rv = _unaliased((w, b, rm, rv), out)
     cl = _prepare_channels_last(x, dt, out)
     y, kx, ky = cl if cl is not None else _prepare(x, dt, out)
-    # One position per channel ((N, C), BatchNorm1d's input): the C-contiguous
-    # buffer is (N, C) rows, i.e. channels-last with N positions of one
-    # sample. The per-(n, c) kernels would take one segment per element:
-    # (4096, 1024) float32 on a 2-core Zen 1 took 89 ms (inference) and 279
-    # ms (training), PyTorch 3.1 and 5.5.
-    rows = cl is None and S == 1
-    Nk, Sk = (1, N) if rows else (N, S)
     if training:
-        stats = _dispatch.batch_norm_stats if cl is None and not rows else \
+        stats = _dispatch.batch_norm_stats if cl is None else \
             _dispatch.batch_norm_stats_nhwc
-        k, d, var = stats(kx, Nk, C, Sk)
+        k, d, var = stats(kx, N, C, S)
         mean = k + d
     else:
         k, d, var = rm, np.zeros(C), rv
@@ -760,9 +749,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
         scale = scale * w
     beta = np.zeros(C) if b is None else b
     if x.size:
-        run = _dispatch.segments_affine if cl is None and not rows else \
-            _dispatch.affine_nhwc
-        run(kx, ky, Nk, C, Sk, k, d, scale, beta)
+        run = _dispatch.segments_affine if cl is None else _dispatch.affine_nhwc
+        run(kx, ky, N, C, S, k, d, scale, beta)
     if training:
         m = float(momentum)
         if running_mean is not None:
