@@ -366,17 +366,16 @@ _MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in _SMALL_DTYPES}
 
 
 def _plain_rows(kernel, x, L, w, b, eps, out):
-    """The common LayerNorm or RMSNorm call (kernel: _dispatch.small_layer_norm
-    or small_rms_norm, which runs it below 2**15 elements; b None for
-    RMSNorm) on
-    C-contiguous float32/float64 x with parameters of its dtype, with the
-    checks it needs and no more; None when anything is unusual, and the
-    general path then validates and explains. Fewer than 2**15 elements (a
-    few rows: inference on one token or one sample) run one serial kernel,
-    where a Python-level detour costs more than the kernel (each attribute
-    read below costs ~0.1 us on a 2-core Zen 1, the kernel ~2 us); larger
-    calls skip ~25-30 us of the general path's validation, a third of a
-    (8, 4096) LayerNorm."""
+    """The common LayerNorm or RMSNorm call on C-contiguous float32/float64 x
+    with parameters of its dtype (kernel: _dispatch.small_layer_norm or
+    small_rms_norm, which runs it below 2**15 elements; b None for
+    RMSNorm), with the checks it needs and no more; None when anything is
+    unusual, and the general path then validates and explains. Fewer than
+    2**15 elements (a few rows: inference on one token or one sample) run
+    one serial kernel, where a Python-level detour costs more than the
+    kernel (each attribute read below costs ~0.1 us on a 2-core Zen 1, the
+    kernel ~2 us); larger calls skip ~25-30 us of the general path's
+    validation, a third of a (8, 4096) LayerNorm."""
     if type(L) is tuple and len(L) == 1:
         L = L[0]
     if not (type(x) is np.ndarray and type(L) is int and type(eps) is float

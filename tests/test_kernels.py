@@ -213,12 +213,11 @@ def test_batch_norm_short_segments(shape, dtype, monkeypatch):
 
 
 # The common calls' fast paths (C-contiguous float32/float64 data,
-# parameters as float32/float64 arrays (LayerNorm/RMSNorm: of x's dtype),
-# eps a float)
-# against the general path, taken here by passing the same parameters as
-# lists and eps as a numpy float: the same bits. The fast path skips
-# _check_x; the general path runs it.
-SMALL_CALLS = {  # serial and parallel sizes, whole and split rows
+# parameters as float32/float64 arrays, for LayerNorm/RMSNorm of x's dtype,
+# eps a float) against the general path, taken here by passing the same
+# parameters as lists and eps as a numpy float: the same bits. The fast
+# path skips _check_x; the general path runs it.
+FAST_CALLS = {  # serial and parallel sizes, whole and split rows
     "layer_norm": [(1, 768), (8, 768), (3, 2048), (8, 4096), (64, 768), (3, 20000)],
     "rms_norm": [(1, 768), (8, 768), (3, 2048), (8, 4096), (64, 768), (3, 20000)],
     "group_norm": [(1, 32, 4, 4), (2, 64, 8, 16), (1, 8, 3000), (2, 64, 32, 32)],
@@ -235,7 +234,7 @@ def test_fast_paths_match_the_general_path(op, affine, dtype, monkeypatch):
     checks = []
     real = _api._check_x
     monkeypatch.setattr(_api, "_check_x", lambda *a: checks.append(1) or real(*a))
-    for shape in SMALL_CALLS[op.name]:
+    for shape in FAST_CALLS[op.name]:
         rng = rng_for("small", op.name, shape, dtype, affine)
         x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
         kw = op.params(shape, affine, rng)
