@@ -402,13 +402,44 @@ def affine_nhwc(x, y, N, C, S, shift, dmean, scale, beta):
 # The per-(n, c) kernels would take one segment per element: (4096, 1024)
 # float32 on a 2-core Zen 1 took 89 ms (inference) and 279 ms (training),
 # PyTorch 3.1 and 5.5; as channels-last data, 2.4-3.1 and 4.7-6.3.
+#
+# Per-(n, c) segments of a few positions cost more per call (the call, its
+# slices, its vector epilogue: ~50-70 ns on a Zen 1) than per element. From
+# ROWS_MIN_SAMPLES samples on, segments of at most SHORT_SEGMENT positions
+# run as the N rows of C*S elements they are:
+#
+# * inference (segments_affine): each channel's parameters repeated S times,
+#   the rows as nhwc_apply with one position per sample; the repeats cost at
+#   most 3/32 of x. Measured, 2**20 float32 elements, C = 64, 2 threads,
+#   segments -> rows: S = 2 12.6 -> 0.70 ms, S = 16 1.03 -> 0.42, S = 32
+#   0.61 -> 0.40, S = 64 0.45 -> 0.39, S = 128 even; with few samples the
+#   repeats cost more than they save ((8, 512, 49): 157 -> 222 us). The same
+#   bits either way: both compute fma(x - shift, scale, beta - dmean*scale).
+# * training statistics (batch_norm_stats, S <= COLUMN_SEGMENT and rows
+#   of at most COLUMN_WIDTH elements): the C*S columns' moments as
+#   channels-last data of one sample of N positions, each channel's S
+#   columns then merged (_column_stats). The channels-last kernels' cost
+#   per block grows with the row's width (per-column accumulators, a block
+#   of fewer positions): measured, float32, 2 threads, 2**18 and 2**21
+#   elements, time of segments / columns: S = 2: 7-19x (C = 16..256),
+#   2.1-9.7x (C = 1024), 2.3-6.7x (C = 2048); S = 4: 2.6-9.3x (C = 16..256),
+#   1.1-3.2x (C = 1024); S = 8: 1.1-3.8x (C = 16..256), 0.73-1.48 (C = 512),
+#   0.39-0.84 (C = 1024); S = 16: 0.96-1.74 (C = 16..64), 0.47-0.88 (C =
+#   256); S = 32: 0.46-1.16 (C = 16..64).
+SHORT_SEGMENT = 32
+ROWS_MIN_SAMPLES = 32
+COLUMN_SEGMENT = 8
+COLUMN_WIDTH = 4096
 
 
 def batch_norm_stats(x, N, C, S):
     """Per-channel (shift, mean of x - shift, biased variance) over N
     segments of S elements."""
-    if S == 1:  # see above
-        return batch_norm_stats_nhwc(x, 1, C, N)
+    if S == 1 or (S <= COLUMN_SEGMENT and C * S <= COLUMN_WIDTH
+                  and N >= ROWS_MIN_SAMPLES):
+        stats = _column_stats(x, N, C, S)
+        if stats is not None:
+            return stats
     nk = _n_chunks(S)
     part = np.empty((N * C * nk, 2))
     shift, dmean, var = np.empty(C), np.empty(C), np.empty(C)
@@ -418,23 +449,34 @@ def batch_norm_stats(x, N, C, S):
     return shift, dmean, var
 
 
-# Per-(n, c) segments this short cost more per call (the call, its slices,
-# its vector epilogue: ~50-70 ns on a Zen 1) than per element. From this
-# many samples on, each channel's parameters are repeated S times and the N
-# samples run as rows of C*S elements with per-element parameters
-# (nhwc_apply with one position per sample); the repeats then cost at most
-# 3/32 of x. Measured, 2**20 float32 elements, C = 64, 2 threads, segments
-# -> rows: S = 2 12.6 -> 0.70 ms, S = 16 1.03 -> 0.42, S = 32 0.61 -> 0.40,
-# S = 64 0.45 -> 0.39, S = 128 even; with few samples the repeats cost more
-# than they save ((8, 512, 49): 157 -> 222 us). The same bits either way:
-# both compute fma(x - shift, scale, beta - dmean*scale).
-SHORT_SEGMENT = 32
-ROWS_MIN_SAMPLES = 32
+def _column_stats(x, N, C, S):
+    """batch_norm_stats from the moments of the C*S columns of x as an
+    (N, C*S) matrix. The columns of a channel have N elements each, so
+    their merge is the mean of the column means and the mean of the column
+    variances plus the variance of the column means, in float64.
+
+    None when a float64 channel's variance came out NaN or infinite from
+    finite data (beyond ~1e154, where nhwc_merge_channels gives NaN):
+    merge_columns then recomputes it on scaled data."""
+    k, d, var = batch_norm_stats_nhwc(x, 1, C * S, N)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if S > 1:
+            k, d, var = k.reshape(C, S), d.reshape(C, S), var.reshape(C, S)
+            # the column means relative to the channel's shift, its first
+            # column's (x[0, c, 0], as merge_columns); for 32-bit data
+            # k - k[:, :1] is exact in float64
+            m = (k - k[:, :1]) + d
+            d = m.mean(axis=1)
+            var = var.mean(axis=1) + np.square(m - d[:, None]).mean(axis=1)
+            k = np.ascontiguousarray(k[:, 0])
+        if x.dtype == np.float64 and (~np.isfinite(var) & np.isfinite(d)).any():
+            return None
+    return k, d, var
 
 
 def segments_affine(x, y, N, C, S, shift, dmean, scale, beta):
     """y = ((x - shift[c]) - dmean[c]) * scale[c] + beta[c] per channel."""
-    if S == 1:  # one position per channel: see batch_norm_stats
+    if S == 1:  # one position per channel: see above
         affine_nhwc(x, y, 1, C, N, shift, dmean, scale, beta)
         return
     if S <= SHORT_SEGMENT and N >= ROWS_MIN_SAMPLES:

@@ -297,12 +297,18 @@ _BN_VARIANCE_OVERFLOW = pytest.mark.xfail(strict=True, reason=(
 
 
 def _overflow_cases():
-    # 2**511: the sum of squared deviations overflows, the variance does not
+    # 2**511: the sum of squared deviations overflows, the variance does not.
+    # Training BatchNorm also with few positions per channel, whose
+    # statistics are taken per column (_dispatch._column_stats).
     for case in ["layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm_train"]:
-        for power, name in [(511, "7e153"), (532, "1e160"), (997, "1e300")]:
-            for pattern in ["random", "zero_mean"]:
-                marks = [_BN_VARIANCE_OVERFLOW] if case == "batch_norm_train" and power > 511 else []
-                yield pytest.param(case, power, pattern, id=f"{case}-{name}-{pattern}", marks=marks)
+        shapes = [SHAPES[case]] + ([(64, 3), (64, 3, 4)] if case == "batch_norm_train" else [])
+        for shape in shapes:
+            for power, name in [(511, "7e153"), (532, "1e160"), (997, "1e300")]:
+                for pattern in ["random", "zero_mean"]:
+                    marks = [_BN_VARIANCE_OVERFLOW] if case == "batch_norm_train" and power > 511 else []
+                    sid = "" if shape == SHAPES[case] else "-" + "x".join(map(str, shape))
+                    yield pytest.param(case, shape, power, pattern, id=f"{case}{sid}-{name}-{pattern}",
+                                       marks=marks)
 
 
 # Regression: float64 rows whose sum of squared deviations overflows (RMS
@@ -310,10 +316,10 @@ def _overflow_cases():
 # (the shift) is far from the mean (the first Chan merge computed d*d = inf
 # times n_a = 0), and silently rstd = 0, i.e. y = bias, when it is at the
 # mean; RMSNorm gave NaN.
-@pytest.mark.parametrize("case,power,pattern", list(_overflow_cases()))
-def test_float64_squared_deviations_overflow(case, power, pattern):
-    shape = SHAPES[case]
-    rng = rng_for("1e300", case, power, pattern)
+@pytest.mark.parametrize("case,shape,power,pattern", list(_overflow_cases()))
+def test_float64_squared_deviations_overflow(case, shape, power, pattern):
+    rng = rng_for("1e300", case, power, pattern) if shape == SHAPES[case] else \
+        rng_for("1e300", case, shape, power, pattern)
     kw = _kwargs(case, shape, rng)
     if pattern == "random":
         x = rng.standard_normal(shape) * 2.0**power

@@ -1,6 +1,8 @@
 """Every op against its float64 reference over dtype x shape x affine x
 memory layout, plus out=, in-place, return_stats and training BatchNorm."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -210,6 +212,57 @@ def test_batch_norm_short_segments(shape, dtype, monkeypatch):
     monkeypatch.setattr(_dispatch, "SHORT_SEGMENT", 0)
     segments = numbanorm.batch_norm(x, rm, rv, w, b)
     assert np.array_equal(y.view(np.uint8), segments.view(np.uint8))
+
+
+# BatchNorm training with few positions per channel takes its statistics
+# per column of the (N, C*S) matrix (_dispatch._column_stats): right
+# against the reference, running statistics included, with an offset, and
+# a NaN poisons only its channel. (64, 3, 4) is float64 data whose squared
+# deviations overflow a column's accumulator; the per-segment plan then
+# recomputes them on scaled data (see test_hostile for S = 1).
+@pytest.mark.parametrize("shape", [(64, 8, 2), (40, 16, 3, 2), (32, 4, 8),
+                                   (600, 5, 7), (2048, 64, 2), (40, 1024, 1, 8)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_batch_norm_training_few_positions(shape, dtype, monkeypatch):
+    from numbanorm import _dispatch
+
+    rng = rng_for("bn-columns", shape, dtype)
+    offset = 300 if dtype == "float16" else 1e4
+    x = (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+    N, C = shape[:2]
+    rm, rv = rng.standard_normal(C), rng.random(C) + 0.5
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    calls = []
+    real = _dispatch._column_stats
+    monkeypatch.setattr(_dispatch, "_column_stats",
+                        lambda *a: calls.append(1) or real(*a))
+    rm1, rv1 = rm.copy(), rv.copy()
+    y = numbanorm.batch_norm(x, rm1, rv1, w, b, training=True, momentum=0.3)
+    wide = math.prod(shape[1:]) > _dispatch.COLUMN_WIDTH
+    assert bool(calls) != wide, "the column plan was (not) taken"
+    y_ref, rm_ref, rv_ref = ref.batch_norm(x, rm, rv, w, b, training=True,
+                                           momentum=0.3)
+    assert_close(y, y_ref, dtype, f"batch_norm{shape} training")
+    np.testing.assert_allclose(rm1, rm_ref, rtol=1e-12)
+    np.testing.assert_allclose(rv1, rv_ref, rtol=1e-12 if dtype != "float16" else 1e-6)
+    xn = x.copy()
+    xn[N // 2, 1].flat[-1] = np.nan
+    yn = numbanorm.batch_norm(xn, None, None, w, b, training=True)
+    assert np.isnan(yn[:, 1]).all()
+    keep = np.ones(C, bool)
+    keep[1] = False
+    assert np.array_equal(yn[:, keep], y[:, keep])
+
+
+def test_batch_norm_training_few_positions_overflow():
+    from numbanorm import _dispatch
+
+    rng = rng_for("bn-columns-overflow")
+    x = rng.standard_normal((64, 3, 4)) * 2.0**511
+    assert _dispatch._column_stats(x.ravel(), 64, 3, 4) is None
+    y = numbanorm.batch_norm(x, None, None, training=True)
+    assert_close(y, ref.batch_norm(x, None, None, training=True)[0],
+                 np.float64, "batch_norm training at 7e153")
 
 
 # The common calls' fast paths (C-contiguous float32/float64 data,
