@@ -893,15 +893,53 @@ def small_rows(x, y, R, L, w, b, mode, eps):
 
 
 def rms_norm_rows(x, y, R, L, TR, w, mode, eps, rstd):
-    """As layer_norm_rows, for the mean of squares."""
+    """As layer_norm_rows, for the mean of squares. Rows of at most
+    SHORT_ROW elements (one chunk, never streamed) take a tile's sums and
+    its output in one call each, as short_rows. Measured, one thread,
+    float32 with a weight, per row: 16 elements 160 -> 34 ns, 64 195 -> 70,
+    128 245 -> 131, 1024 even."""
     for t in prange((R + TR - 1) // TR):
         r0 = t * TR
         r1 = min(r0 + TR, R)
+        if L <= SHORT_ROW:
+            _rows_sumsq(x, r0, r1, L, rstd)
+            for r in range(r0, r1):
+                rstd[r] = _rrms(x, r * L, r * L + L, rstd[r], eps)
+            _rows_scale(x, y, r0, r1, L, rstd, w, mode & 3)
+            continue
         for r in range(r0, r1):
             lo = r * L
             rstd[r] = _rrms(x, lo, lo + L, _span_sumsq(x, lo, lo + L), eps)
         for r in range(r0, r1):
             _scale_out(x, y, r * L, 0, L, rstd[r], w, mode)
+
+
+@njit(**_REDUCE)
+def _rows_sumsq(x, r0, r1, L, q):
+    """q[r] = the sum of squares of row r, for rows r0..r1 of L <= CHUNK
+    elements (the loop of _sum_sq, unsigned indices as _rows_moments)."""
+    n = np.uint64(L)
+    for r in range(r0, r1):
+        lo = np.uint64(r) * n
+        s = 0.0
+        for i in range(n):
+            v = _load(x, lo + i)
+            s += v * v
+        q[r] = s
+
+
+@njit(cache=True, nogil=True)
+def _rows_scale(x, y, r0, r1, L, rstd, w, mode):
+    """_apply_scale over the whole rows r0..r1 in one call (see
+    _rows_apply)."""
+    n = np.uint64(L)
+    j0 = np.uint64(0)
+    for r in range(r0, r1):
+        lo = np.uint64(r) * n
+        if mode == 0:
+            _scale(x, y, lo, n, rstd[r])
+        else:
+            _scale_w(x, y, w, lo, j0, n, rstd[r])
 
 
 def chunk_moments(x, R, L, nk, P, part):
