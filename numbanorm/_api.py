@@ -479,6 +479,17 @@ def _plain_group_norm(x, G, weight, bias, eps, out):
     return y
 
 
+def batch_norm_scale(var_eps, w):
+    """BatchNorm's per-channel scale, 1 / sqrt(var + eps) * weight, in
+    float64 (var_eps: var + eps; w: float64 or None); every path of
+    numbanorm.batch_norm and numbanorm.dask forms it here, so they agree
+    bit for bit."""
+    scale = 1.0 / np.sqrt(var_eps)
+    if w is not None:
+        scale *= w
+    return scale
+
+
 def _plain_batch_norm(x, running_mean, running_var, weight, bias, eps, out):
     """batch_norm's common inference call, as _plain_group_norm: the
     per-channel scale as the general path takes it, 1 / sqrt(var + eps) *
@@ -495,12 +506,12 @@ def _plain_batch_norm(x, running_mean, running_var, weight, bias, eps, out):
     var += eps
     if not var.min() > 0.0:
         return None
-    scale = 1.0 / np.sqrt(var)
+    w = None
     if weight is not None:
         w = _plain_channel_param(weight, C)
         if w is None:
             return None
-        scale *= w
+    scale = batch_norm_scale(var, w)
     beta = np.zeros(C) if bias is None else _plain_channel_param(bias, C)
     if beta is None:
         return None
@@ -743,9 +754,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None,
         k, d, var = rm, np.zeros(C), rv
     with np.errstate(invalid="ignore", divide="ignore"):
         # a negative running_var gives a NaN channel, without a warning
-        scale = 1.0 / np.sqrt(var + eps)
-    if w is not None:
-        scale = scale * w
+        scale = batch_norm_scale(var + eps, w)
     beta = np.zeros(C) if b is None else b
     if x.size:
         run = _dispatch.segments_affine if cl is None else _dispatch.affine_nhwc

@@ -205,8 +205,8 @@ def _channel_moments(xb):
     (count, shift k, mean of x - k, M2), each of shape (C,). The count is
     the same for every channel, N * prod(spatial).
 
-    numbanorm's BatchNorm statistics kernel (``_dispatch.batch_norm_stats``:
-    chunked two-pass moments, shifted by the channel's first element) gives
+    numbanorm's BatchNorm statistics (``_dispatch.batch_norm_stats``:
+    moments shifted by the channel's first element) give
     k, the mean of x - k and the biased variance; M2 = variance * count is
     off by one float64 rounding, far below float32 or float64 output
     accuracy.
@@ -286,9 +286,9 @@ def _batch_norm_train_block(xb, st, wb, bb, *, eps, threads):
     """The normalize pass with the batch statistics `st` (this block's
     channels), in the same float64 operations as numbanorm.batch_norm."""
     var = st["m2"] / st["n"]
-    scale = 1.0 / np.sqrt(var + eps)
-    if wb is not None:
-        scale = scale * np.asarray(wb, np.float64)
+    w = None if wb is None else np.asarray(wb, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = _api.batch_norm_scale(var + eps, w)
     beta = np.zeros(xb.shape[1]) if bb is None else \
         np.ascontiguousarray(bb, np.float64)
     dt = _api._native(xb.dtype)
