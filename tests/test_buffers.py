@@ -1,6 +1,7 @@
 """The output-buffer cache of the allocating calls (numbanorm/_buffers.py):
 a buffer is handed out again only once nothing refers to the result."""
 
+import math
 import threading
 
 import numpy as np
@@ -127,6 +128,25 @@ def test_results_start_half_a_page_from_their_input(op):
                 assert ya.flags.c_contiguous
             assert (_ptr(ya) - _ptr(xa)) % 4096 == 2048, (cap, seed)
             del y, ya
+
+
+def test_placement_follows_each_input():
+    """The address of the last input is remembered (_buffers._like_address):
+    inputs at other addresses, the same input again, and a new input in a
+    dropped one's place each get their result half a page away."""
+    numbanorm.set_buffer_cache(64 << 20)
+    n = math.prod(SHAPE)
+    base = np.random.default_rng(7).standard_normal(n + 2048).astype(np.float32)
+    views = [base[k:k + n].reshape(SHAPE) for k in (0, 4, 250, 512, 1000, 0)]
+    for x in views + views[::-1]:
+        y = numbanorm.layer_norm(x, SHAPE[-1])
+        assert (_ptr(y) - _ptr(x)) % 4096 == 2048
+        del y
+    for seed in range(4):
+        x = np.ascontiguousarray(views[seed + 1])  # may take a dropped x's id
+        y = numbanorm.layer_norm(x, SHAPE[-1])
+        assert (_ptr(y) - _ptr(x)) % 4096 == 2048
+        del x, y
 
 
 def test_the_most_recently_used_free_buffer_is_reused():
