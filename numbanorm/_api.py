@@ -490,15 +490,40 @@ def batch_norm_scale(var_eps, w):
     return scale
 
 
+def _kernel_params(params, dt, C):
+    """Whether each of params (None: absent) is an array a kernel takes as
+    it is: dtype dt, shape (C,), C-contiguous, writeable and aligned (a
+    read-only or unaligned array is another numba signature, compiled at
+    its first use)."""
+    for p in params:
+        if p is not None and not (
+                type(p) is np.ndarray and p.dtype == dt and p.shape == (C,)
+                and (f := p.flags).c_contiguous and f.writeable and f.aligned):
+            return False
+    return True
+
+
 def _plain_batch_norm(x, running_mean, running_var, weight, bias, eps, out):
     """batch_norm's common inference call, as _plain_group_norm: the
     per-channel scale as the general path takes it, 1 / sqrt(var + eps) *
     weight in float64, when every var + eps is > 0 (else the general path,
-    which turns the others into NaN channels without a warning)."""
+    which turns the others into NaN channels without a warning). With the
+    statistics and parameters in x's dtype, the kernel forms the scale
+    (_dispatch.batch_norm_apply), where segments_affine would take its
+    segment plan."""
     call = _plain_channels(x, eps, out)
     if call is None:
         return None
     y, N, C, S = call
+    if (running_mean is not None and running_var is not None
+            and _kernel_params((running_mean, running_var, weight, bias),
+                               x.dtype, C)):
+        empty = x.ravel()[:0]
+        if _dispatch.batch_norm_apply(
+                x.ravel(), y.ravel(), N, C, S, running_mean, running_var,
+                empty if weight is None else weight,
+                empty if bias is None else bias, eps):
+            return y
     k = _plain_channel_param(running_mean, C)
     var = _plain_channel_param(running_var, C)
     if k is None or var is None:

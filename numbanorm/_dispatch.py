@@ -491,6 +491,21 @@ def segments_affine(x, y, N, C, S, shift, dmean, scale, beta):
                                _stream(x, y, min(S, CHUNK), one_pass=True))
 
 
+def batch_norm_apply(x, y, N, C, S, rm, rv, w, b, eps):
+    """Inference BatchNorm from the running statistics and parameters in
+    x's dtype (w, b empty when absent), with the per-channel scale formed in
+    the kernel (see _kernels.batch_norm_apply), for the segment plan of
+    segments_affine. False, with nothing written, where segments_affine
+    takes another plan or a channel's rv + eps is not > 0: the caller then
+    forms the parameters itself."""
+    if S == 1 or (S <= SHORT_SEGMENT and N >= ROWS_MIN_SAMPLES):
+        return False
+    with _launch(N * C * S) as kern:
+        return kern["batch_norm_apply"](
+            x, y, N, C, S, _n_chunks(S), rm, rv, w, b, eps,
+            _stream(x, y, min(S, CHUNK), one_pass=True)) == 0
+
+
 def affine(x, y, a, b):
     """The benchmarks' speed-of-light kernel: y = a*x + b in x's dtype."""
     with _launch(x.size) as kern:

@@ -60,6 +60,9 @@ def _problems(dt):
                     lambda x=x: _api.batch_norm(x, None, None, training=True)))
         out.append((f"batch_norm {label}",
                     lambda x=x, C=C: _api.batch_norm(x, np.zeros(C), np.ones(C))))
+        out.append((f"batch_norm {label} params={np.dtype(dt).name}",
+                    lambda x=x, C=C: _api.batch_norm(x, np.zeros(C, dt),
+                                                     np.ones(C, dt))))
     return out
 
 
