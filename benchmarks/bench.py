@@ -430,18 +430,27 @@ def time_calls(fn, repeat):
 
 
 def pick_repeat(fn, forced):
-    """Calls fn until warm (first call compiles), returns (repeat, last output)."""
+    """Calls fn until warm (first call compiles), returns (repeat, last output).
+
+    The repeat count comes from the median of the timed warm-up calls, not
+    from one call: a single slow call (the first after the pause before
+    each implementation, see run_counts) gave an implementation fewer
+    calls per round than its speed warrants, e.g. 21 against 55 for
+    numbanorm allocating and with out= on LayerNorm (8,128,768), and so a
+    median weighted towards the slow first calls of each round."""
     y = fn()                       # compile / first touch
     t0 = time.perf_counter_ns()
     y = fn()
     est = max(time.perf_counter_ns() - t0, 1)
-    # a few more warm-up calls for the small cases (cheap)
-    n_more = min(20, int(0.05e9 / est))
-    for _ in range(n_more):
+    # a few more warm-up calls (cheap for the small cases), timed
+    times = [est]
+    for _ in range(max(2, min(20, int(0.05e9 / est)))):
+        t0 = time.perf_counter_ns()
         fn()
+        times.append(max(time.perf_counter_ns() - t0, 1))
     if forced:
         return forced, y
-    r = int(TARGET_SECONDS * 1e9 / est)
+    r = int(TARGET_SECONDS * 1e9 / statistics.median(times))
     return max(MIN_REPEAT, min(MAX_REPEAT, r)), y
 
 
