@@ -508,18 +508,18 @@ def _plain_batch_norm(x, running_mean, running_var, weight, bias, eps, out):
     per-channel scale as the general path takes it, 1 / sqrt(var + eps) *
     weight in float64, when every var + eps is > 0 (else the general path,
     which turns the others into NaN channels without a warning). With the
-    statistics and parameters in x's dtype, the kernel forms the scale
-    (_dispatch.batch_norm_apply), where segments_affine would take its
-    segment plan."""
+    statistics and parameters in one dtype, a kernel forms them
+    (_dispatch.batch_norm_inference)."""
     call = _plain_channels(x, eps, out)
     if call is None:
         return None
     y, N, C, S = call
-    if (running_mean is not None and running_var is not None
-            and _kernel_params((running_mean, running_var, weight, bias),
-                               x.dtype, C)):
-        empty = x.ravel()[:0]
-        if _dispatch.batch_norm_apply(
+    rm = running_mean
+    if (type(rm) is np.ndarray and rm.dtype in _SMALL_DTYPES
+            and running_var is not None
+            and _kernel_params((rm, running_var, weight, bias), rm.dtype, C)):
+        empty = rm[:0]
+        if _dispatch.batch_norm_inference(
                 x.ravel(), y.ravel(), N, C, S, running_mean, running_var,
                 empty if weight is None else weight,
                 empty if bias is None else bias, eps):

@@ -491,19 +491,16 @@ def segments_affine(x, y, N, C, S, shift, dmean, scale, beta):
                                _stream(x, y, min(S, CHUNK), one_pass=True))
 
 
-def batch_norm_apply(x, y, N, C, S, rm, rv, w, b, eps):
-    """Inference BatchNorm from the running statistics and parameters in
-    x's dtype (w, b empty when absent), with the per-channel scale formed in
-    the kernel (see _kernels.batch_norm_apply), for the segment plan of
-    segments_affine. False, with nothing written, where segments_affine
-    takes another plan or a channel's rv + eps is not > 0: the caller then
-    forms the parameters itself."""
-    if S == 1 or (S <= SHORT_SEGMENT and N >= ROWS_MIN_SAMPLES):
+def batch_norm_inference(x, y, N, C, S, rm, rv, w, b, eps):
+    """segments_affine with the per-channel parameters formed from the
+    running statistics and parameters as given (one float dtype, w and b
+    empty when absent) by the serial batch_norm_fold kernel. False, with
+    nothing written, where a channel's rv + eps is not > 0."""
+    par = np.empty((4, C))
+    if _SERIAL["batch_norm_fold"](rm, rv, w, b, eps, par):
         return False
-    with _launch(N * C * S) as kern:
-        return kern["batch_norm_apply"](
-            x, y, N, C, S, _n_chunks(S), rm, rv, w, b, eps,
-            _stream(x, y, min(S, CHUNK), one_pass=True)) == 0
+    segments_affine(x, y, N, C, S, par[0], par[3], par[1], par[2])
+    return True
 
 
 def affine(x, y, a, b):

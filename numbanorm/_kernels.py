@@ -1065,41 +1065,31 @@ def apply_segments(x, y, NS, P, S, nk, shift, dmean, scale, beta, stream):
                     beta[p], stream)
 
 
-def batch_norm_apply(x, y, N, C, S, nk, rm, rv, w, b, eps, stream):
-    """Inference BatchNorm of N samples of C segments of S elements, from
-    the running statistics and the parameters as given (x's dtype; w, b
-    empty when absent): each channel's scale 1 / sqrt(rv + eps) * w is
-    formed here in float64 as _api.batch_norm_scale forms it, and the
-    output is apply_segments's with shift rm and dmean 0, so the bits are
-    the general path's. Numpy's per-channel preparation cost a small call
-    more than the kernel (BatchNorm (1, 64, 8, 8) on a Zen 1: ~30 us of
-    Python around a 9 us kernel). Returns the number of channels whose
-    rv + eps is not > 0 (NaN included), counted before anything is
-    written: the caller then takes the general path, which makes them NaN
-    channels."""
-    par = np.empty((3, C))
+def batch_norm_fold(rm, rv, w, b, eps, par):
+    """Inference BatchNorm's per-channel parameters from the running
+    statistics and the parameters as given (one float dtype; w, b empty
+    when absent), in float64 as the general path forms them
+    (_api.batch_norm_scale): par[0] the shift rm, par[1] the scale
+    1 / sqrt(rv + eps) * w, par[2] the bias (0 when absent), par[3] the
+    mean of x - shift, 0. One serial call instead of ~12 numpy operations,
+    which cost more than the kernel on a small call (BatchNorm (1, 64, 8, 8)
+    on a Zen 1: ~30 us of Python around a 9 us kernel). Returns the number
+    of channels whose rv + eps is not > 0 (NaN included); the caller then
+    takes the general path, which makes them NaN channels."""
     bad = 0
-    for c in range(C):
+    for c in range(rm.size):
         v = _load(rv, c) + eps
         if not v > 0.0:
             bad += 1
-        s = 1.0 / math.sqrt(v) if v > 0.0 else 0.0
+            continue
+        s = 1.0 / math.sqrt(v)
         if w.size:
             s *= _load(w, c)
         par[0, c] = _load(rm, c)
         par[1, c] = s
         par[2, c] = _load(b, c) if b.size else 0.0
-    if bad:
-        return bad
-    for t in prange(N * C * nk):
-        i = t // nk
-        j = t - i * nk
-        c = i % C
-        j0 = j * CHUNK
-        n = min(CHUNK, S - j0)
-        _affine_out(x, y, i * S + j0, n, par[0, c], 0.0, par[1, c],
-                    par[2, c], stream)
-    return 0
+        par[3, c] = 0.0
+    return bad
 
 
 def merge_columns(x, part, N, C, S, nk, shift, dmean, var):
@@ -1314,7 +1304,7 @@ KERNELS = {
         chunk_sumsq,
         merge_rows, merge_rows_sumsq, apply_rows, group_norm_rows,
         group_norm_short,
-        apply_segments, batch_norm_apply, merge_columns, nhwc_moments,
+        apply_segments, batch_norm_fold, merge_columns, nhwc_moments,
         nhwc_merge,
         nhwc_merge_channels, nhwc_apply,
         affine,

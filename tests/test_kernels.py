@@ -265,15 +265,17 @@ def test_batch_norm_training_few_positions_overflow():
                  np.float64, "batch_norm training at 7e153")
 
 
-# Inference BatchNorm with the running statistics and parameters in x's
-# dtype forms the per-channel scale in the kernel (_dispatch.
-# batch_norm_apply): the same bits as with float64 parameters (formed in
-# numpy), with or without weight and bias, segments of one and of two
-# chunks; a channel whose running_var + eps is not > 0 takes the general
-# path before anything is written, and comes out NaN, without a warning.
-@pytest.mark.parametrize("shape", [(1, 64, 8, 8), (4, 3, 7), (2, 64, 32, 32), (1, 5, 5000)])
+# Inference BatchNorm with the running statistics and parameters in one
+# float dtype has them formed by a kernel (_dispatch.batch_norm_inference):
+# the same bits as the general path (parameters passed as lists), with or
+# without weight and bias, in x's dtype or float64, on the segment, rows
+# and one-position plans; a channel whose running_var + eps is not > 0
+# sends the call to the general path before anything is written, and comes
+# out NaN, without a warning.
+@pytest.mark.parametrize("shape", [(1, 64, 8, 8), (4, 3, 7), (2, 64, 32, 32), (1, 5, 5000),
+                                   (64, 8, 2), (40, 6)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_batch_norm_params_in_x_dtype(shape, dtype, monkeypatch):
+def test_batch_norm_params_folded_by_a_kernel(shape, dtype, monkeypatch):
     import warnings
 
     from numbanorm import _dispatch
@@ -281,33 +283,37 @@ def test_batch_norm_params_in_x_dtype(shape, dtype, monkeypatch):
     rng = rng_for("bn-apply", shape, dtype)
     x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
     C = shape[1]
-    rm = (rng.standard_normal(C) + 300).astype(dtype)
-    rv = (rng.random(C) + 0.5).astype(dtype)
-    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    rm = rng.standard_normal(C) + 300
+    rv = rng.random(C) + 0.5
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
     calls = []
-    for table in (_dispatch._SERIAL, _dispatch._PARALLEL):
-        monkeypatch.setitem(table, "batch_norm_apply",
-                            lambda *a, _k=table["batch_norm_apply"]: calls.append(1) or _k(*a))
-    f64 = [p.astype(np.float64) for p in (rm, rv, w, b)]
-    for wi, bi in ((w, b), (None, None), (w, None), (None, b)):
-        del calls[:]
-        y = numbanorm.batch_norm(x, rm, rv, wi, bi)
-        assert calls, "the kernel's parameter path was not taken"
-        y64 = numbanorm.batch_norm(x, f64[0], f64[1], None if wi is None else f64[2],
-                                   None if bi is None else f64[3])
-        assert np.array_equal(y.view(np.uint8), y64.view(np.uint8))
-        assert_close(y, ref.batch_norm(x, rm, rv, wi, bi)[0], dtype, f"batch_norm{shape}")
-    bad = rv.copy()
-    bad[1] = -1.0
-    bad[-1] = np.nan
+    monkeypatch.setitem(_dispatch._SERIAL, "batch_norm_fold",
+                        lambda *a, _k=_dispatch._SERIAL["batch_norm_fold"]: calls.append(1) or _k(*a))
+
+    def lists(*ps):
+        return [None if p is None else p.tolist() for p in ps]
+
+    for pdt in (dtype, "float64"):
+        p = [a.astype(pdt) for a in (rm, rv, w, b)]
+        for wi, bi in ((p[2], p[3]), (None, None), (p[2], None), (None, p[3])):
+            del calls[:]
+            y = numbanorm.batch_norm(x, p[0], p[1], wi, bi)
+            assert calls, "the kernel did not form the parameters"
+            general = numbanorm.batch_norm(x, *lists(p[0], p[1], wi, bi))
+            assert np.array_equal(y.view(np.uint8), general.view(np.uint8))
+            assert_close(y, ref.batch_norm(x, p[0], p[1], wi, bi)[0], dtype,
+                         f"batch_norm{shape} params {pdt}")
+    p = [a.astype(dtype) for a in (rm, rv, w, b)]
+    p[1][1] = -1.0
+    p[1][-1] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        y = numbanorm.batch_norm(x, rm, bad, w, b)
+        y = numbanorm.batch_norm(x, *p)
         xin = x.copy()
-        assert numbanorm.batch_norm(xin, rm, bad, w, b, out=xin) is xin
+        assert numbanorm.batch_norm(xin, *p, out=xin) is xin
     assert np.isnan(y[:, 1]).all() and np.isnan(y[:, -1]).all()
-    y64 = numbanorm.batch_norm(x, f64[0], bad.astype(np.float64), f64[2], f64[3])
-    assert np.array_equal(y.view(np.uint8), y64.view(np.uint8))
+    general = numbanorm.batch_norm(x, *lists(*p))
+    assert np.array_equal(y.view(np.uint8), general.view(np.uint8))
     assert np.array_equal(xin.view(np.uint8), y.view(np.uint8))
 
 
