@@ -524,6 +524,7 @@ def _plain_batch_norm(x, running_mean, running_var, weight, bias, eps, out):
                 empty if weight is None else weight,
                 empty if bias is None else bias, eps):
             return y
+        return None  # a channel's var + eps is not > 0: see above
     k = _plain_channel_param(running_mean, C)
     var = _plain_channel_param(running_var, C)
     if k is None or var is None:
