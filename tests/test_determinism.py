@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from numbanorm import _dispatch
-from tests.conftest import OPS, rng_for
+from tests import reference as ref
+from tests.conftest import OPS, assert_close, rng_for
 
 # shapes that take the split plan on 2 threads, and ones that do not
 SHAPES = {
@@ -158,3 +159,31 @@ def test_no_streaming_stores_into_an_output_just_past_the_input(apart, streams):
     y = buf[o:o + n * 4].view(np.float32)
     assert (_dispatch._address(y) - _dispatch._address(x)) % 4096 == apart
     assert _dispatch._stream(x, y, 4096) is streams
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 64, 14, 14), (1, 64, 16, 16),
+                                   (1, 48, 7, 9)])
+def test_group_norm_short_channels_one_call_per_group(shape, dtype):
+    """group_norm_rows writes a group of channels of at most SHORT_CHANNEL
+    positions in one call, and longer ones (or streamed ones) a channel at
+    a time: the same expressions, so the same bits. The streamed build of
+    the same kernel call takes the per-channel loop."""
+    N, C, H, W = shape
+    G, S = 2, H * W
+    assert S <= _dispatch.K.SHORT_CHANNEL and C // G * S > _dispatch.K.SHORT_ROW
+    rng = rng_for("short-channels", *shape, dtype)
+    x = (rng.standard_normal(N * C * S) * 2 + 300).astype(dtype)
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    ys = []
+    for stream in (False, True):
+        y = np.empty_like(x)
+        stats = [np.empty(N * G) for _ in range(3)]
+        _dispatch._SERIAL["group_norm_rows"](x, y, N * G, G, C // G, S, w, b,
+                                             1e-5, *stats, stream)
+        ys.append(y)
+    assert np.array_equal(ys[0].view(np.uint8), ys[1].view(np.uint8))
+    # and both are the normalization
+    y_ref = ref.group_norm(x.reshape(shape), G, w, b, 1e-5)
+    y_ref = y_ref[0] if isinstance(y_ref, tuple) else y_ref
+    assert_close(ys[0].reshape(shape), y_ref, dtype, f"group_norm{shape}")
