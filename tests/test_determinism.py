@@ -167,8 +167,8 @@ def test_no_streaming_stores_into_an_output_just_past_the_input(apart, streams):
 def test_group_norm_short_channels_one_call_per_group(shape, dtype):
     """group_norm_rows writes a group of channels of at most SHORT_CHANNEL
     positions in one call, and longer ones (or streamed ones) a channel at
-    a time: the same expressions, so the same bits. The streamed build of
-    the same kernel call takes the per-channel loop."""
+    a time: the same expressions, so the same bits. Called with stream
+    set, the kernel takes the per-channel loop on the same channels."""
     N, C, H, W = shape
     G, S = 2, H * W
     assert S <= _dispatch.K.SHORT_CHANNEL and C // G * S > _dispatch.K.SHORT_ROW
